@@ -18,6 +18,7 @@
 
 pub mod clock;
 pub mod directory;
+pub mod dns;
 pub mod reply;
 pub mod verdict;
 
