@@ -73,7 +73,10 @@ impl<L: TtlLookup> Lookup for TtlAsLookup<L> {
     async fn lookup_a<'lookup, 'a>(&'lookup self, name: &'a Name) -> LookupResult<Vec<Ipv4Addr>> {
         strip(self.0.lookup_a(name).await)
     }
-    async fn lookup_aaaa<'lookup, 'a>(&'lookup self, name: &'a Name) -> LookupResult<Vec<Ipv6Addr>> {
+    async fn lookup_aaaa<'lookup, 'a>(
+        &'lookup self,
+        name: &'a Name,
+    ) -> LookupResult<Vec<Ipv6Addr>> {
         strip(self.0.lookup_aaaa(name).await)
     }
     async fn lookup_mx<'lookup, 'a>(&'lookup self, name: &'a Name) -> LookupResult<Vec<Name>> {
@@ -116,7 +119,9 @@ impl<'a, L: TtlLookup + ?Sized> RecordingLookup<'a, L> {
     fn record<T>(&self, r: TtlResult<T>) -> LookupResult<Vec<T>> {
         let ttl = match &r {
             Ok(a) => Some(a.ttl),
-            Err(TtlLookupError::NoRecords { ttl }) => Some(ttl.unwrap_or(self.fallback_negative_ttl)),
+            Err(TtlLookupError::NoRecords { ttl }) => {
+                Some(ttl.unwrap_or(self.fallback_negative_ttl))
+            }
             Err(_) => None,
         };
         if let Some(ttl) = ttl {
@@ -132,7 +137,10 @@ impl<L: TtlLookup + ?Sized> Lookup for RecordingLookup<'_, L> {
     async fn lookup_a<'lookup, 'a>(&'lookup self, name: &'a Name) -> LookupResult<Vec<Ipv4Addr>> {
         self.record(self.inner.lookup_a(name).await)
     }
-    async fn lookup_aaaa<'lookup, 'a>(&'lookup self, name: &'a Name) -> LookupResult<Vec<Ipv6Addr>> {
+    async fn lookup_aaaa<'lookup, 'a>(
+        &'lookup self,
+        name: &'a Name,
+    ) -> LookupResult<Vec<Ipv6Addr>> {
         self.record(self.inner.lookup_aaaa(name).await)
     }
     async fn lookup_mx<'lookup, 'a>(&'lookup self, name: &'a Name) -> LookupResult<Vec<Name>> {

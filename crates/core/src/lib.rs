@@ -14,17 +14,37 @@
 //! - [`reply`]: [`Reply`] (code, enhanced status, safe text) and
 //!   [`verdict`]: [`Verdict`] with its [`Reason`].
 //! - [`clock`]: the [`Clock`] port.
-//! - [`directory`]: the [`RecipientDirectory`] port.
+//! - [`directory`]: the [`RecipientDirectory`] port; [`recipient`]: the
+//!   policy that maps its answers to verdicts at RCPT TO.
+//! - [`dns`]: the [`dns::TtlLookup`] port (DNS with TTLs).
+//! - [`spf`]: SPF policy over the [`SpfVerifier`] port (viaspf).
+//! - [`engine`]: [`Engine`] (configuration plus ports, shared) and
+//!   [`session`]: [`Session`] (one connection: facts in, verdicts out).
+//! - [`address`]: envelope addresses and ESMTP parameters.
+//! - [`store`]: the [`StateStore`] port (shared counters and bans) with
+//!   [`MemoryStore`]; [`dictionary`]: the dictionary-attack ban policy.
 
+pub mod address;
 pub mod clock;
+pub mod dictionary;
 pub mod directory;
 pub mod dns;
+pub mod engine;
+pub mod recipient;
 pub mod reply;
+pub mod session;
+pub mod spf;
+pub mod store;
 pub mod verdict;
 
 pub use crate::{
+    address::EnvelopeAddress,
     clock::{Clock, ManualClock, SystemClock},
     directory::{DirectoryError, RecipientDirectory, RecipientQuery, RecipientStatus},
+    engine::{Engine, EngineBuilder, EngineConfig},
     reply::{sanitize_text, EnhancedStatus, Reply, ReplyCode, ReplyError},
+    session::{EomPlan, Session, Stage},
+    spf::{SpfAction, SpfConfig, SpfHeader, SpfVerifier},
+    store::{Ban, BanRule, MemoryStore, StateStore, StoreError, Strike},
     verdict::{Policy, Reason, Verdict},
 };

@@ -1,0 +1,155 @@
+//! The engine: configuration plus ports, shared by all connections.
+
+use crate::{
+    clock::{Clock, SystemClock},
+    directory::RecipientDirectory,
+    recipient::RecipientPolicy,
+    session::Session,
+    spf::{LookupVerifier, SpfConfig, SpfVerifier},
+};
+use std::{fmt::Debug, sync::Arc, time::Duration};
+use viaspf::lookup::Lookup;
+
+/// Policy settings of the engine (the parts of the config file that decide).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EngineConfig {
+    /// Log what would have been done, but never refuse anything.
+    pub dry_run: bool,
+    /// SPF settings.
+    pub spf: SpfConfig,
+    /// Recipient policy (used when a directory is configured).
+    pub recipients: RecipientPolicy,
+}
+
+/// The decision engine. Cheap to clone; one per configuration generation,
+/// shared by all connections.
+///
+/// ```
+/// use nobounce_core::{Engine, EngineConfig};
+/// # use async_trait::async_trait;
+/// # use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+/// # use viaspf::lookup::{Lookup, LookupError, LookupResult, Name};
+/// // Any viaspf `Lookup` will do; this one knows no records at all.
+/// #[derive(Debug)]
+/// struct NoDns;
+/// #[async_trait]
+/// impl Lookup for NoDns {
+///     async fn lookup_a<'l, 'a>(&'l self, _: &'a Name) -> LookupResult<Vec<Ipv4Addr>> { Err(LookupError::NoRecords) }
+///     async fn lookup_aaaa<'l, 'a>(&'l self, _: &'a Name) -> LookupResult<Vec<Ipv6Addr>> { Err(LookupError::NoRecords) }
+///     async fn lookup_mx<'l, 'a>(&'l self, _: &'a Name) -> LookupResult<Vec<Name>> { Err(LookupError::NoRecords) }
+///     async fn lookup_txt<'l, 'a>(&'l self, _: &'a Name) -> LookupResult<Vec<String>> { Err(LookupError::NoRecords) }
+///     async fn lookup_ptr<'l>(&'l self, _: IpAddr) -> LookupResult<Vec<Name>> { Err(LookupError::NoRecords) }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let engine = Engine::builder(EngineConfig::default()).lookup(NoDns).build();
+/// let mut session = engine.session();
+/// session.connect("192.0.2.7".parse().ok(), "client.example", Some("mx.example.net")).await;
+/// session.helo("client.example").await;
+/// // No SPF record anywhere: result "none", accepted by default.
+/// let v = session.mail_from("<joe@example.org>", &["SIZE=100"], None).await;
+/// assert!(!v.is_refusal());
+/// # });
+/// ```
+#[derive(Clone, Debug)]
+pub struct Engine {
+    pub(crate) inner: Arc<EngineInner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct EngineInner {
+    pub(crate) config: EngineConfig,
+    pub(crate) spf: Arc<dyn SpfVerifier>,
+    pub(crate) directory: Option<Arc<dyn RecipientDirectory>>,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl Engine {
+    /// Starts building an engine with `config`.
+    pub fn builder(config: EngineConfig) -> EngineBuilder {
+        EngineBuilder {
+            config,
+            spf: None,
+            directory: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// A new session for one SMTP connection.
+    pub fn session(&self) -> Session {
+        Session::new(self.clone())
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The SPF verifier (shared, for example to keep a cache across reloads).
+    pub fn spf_verifier(&self) -> &Arc<dyn SpfVerifier> {
+        &self.inner.spf
+    }
+
+    /// The recipient directory, if any.
+    pub fn directory(&self) -> Option<&Arc<dyn RecipientDirectory>> {
+        self.inner.directory.as_ref()
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+}
+
+/// Builder for [`Engine`].
+#[derive(Debug)]
+pub struct EngineBuilder {
+    config: EngineConfig,
+    spf: Option<Arc<dyn SpfVerifier>>,
+    directory: Option<Arc<dyn RecipientDirectory>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl EngineBuilder {
+    /// Evaluates SPF with `lookup` (uncached), bounded by the configured
+    /// `spf.timeout_secs`.
+    pub fn lookup<L: Lookup + Debug + 'static>(mut self, lookup: L) -> Self {
+        let timeout = Duration::from_secs(self.config.spf.timeout_secs);
+        self.spf = Some(Arc::new(LookupVerifier::new(lookup, timeout)));
+        self
+    }
+
+    /// Evaluates SPF with this verifier (for example a caching one).
+    pub fn spf_verifier(mut self, verifier: Arc<dyn SpfVerifier>) -> Self {
+        self.spf = Some(verifier);
+        self
+    }
+
+    /// Checks recipients against `directory`.
+    pub fn directory(mut self, directory: Arc<dyn RecipientDirectory>) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+
+    /// Uses `clock` instead of the system clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Builds the engine. Without a lookup or verifier, SPF checks answer
+    /// `temperror` (so they tempfail by default rather than pass).
+    pub fn build(self) -> Engine {
+        let spf = self
+            .spf
+            .unwrap_or_else(|| Arc::new(crate::spf::UnconfiguredVerifier));
+        Engine {
+            inner: Arc::new(EngineInner {
+                config: self.config,
+                spf,
+                directory: self.directory,
+                clock: self.clock,
+            }),
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! One SMTP connection as the engine sees it: facts in, verdicts out.
+
+use crate::{
+    address::{declared_size, EnvelopeAddress},
+    directory::RecipientQuery,
+    engine::Engine,
+    recipient::{self, RecipientFinding},
+    spf::{self, Identity, SpfAnswer, SpfHeader, SpfOutcome, SpfRequest},
+    verdict::Verdict,
+};
+use std::net::IpAddr;
+use tracing::{debug, info};
+use viaspf::{DomainName, Sender, SpfResult};
+
+/// The SMTP stage a verdict was given at, for logs.
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+pub enum Stage {
+    /// Connection established.
+    Connect,
+    /// HELO/EHLO.
+    Helo,
+    /// MAIL FROM.
+    MailFrom,
+    /// RCPT TO.
+    RcptTo,
+    /// End of message.
+    EndOfMessage,
+}
+
+impl Stage {
+    /// Stable lowercase name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Helo => "helo",
+            Self::MailFrom => "mail",
+            Self::RcptTo => "rcpt",
+            Self::EndOfMessage => "eom",
+        }
+    }
+}
+
+/// Changes to make to the message at end of message.
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
+pub struct EomPlan {
+    /// Headers to insert at the top of the message, in this order.
+    pub insert_headers: Vec<(String, String)>,
+    /// Headers to delete, as (name, 1-based occurrence index), highest index
+    /// first so earlier deletions do not shift later ones.
+    pub delete_headers: Vec<(String, usize)>,
+}
+
+#[derive(Debug, Default)]
+struct Connection {
+    client_ip: Option<IpAddr>,
+    client_name: String,
+    mta_hostname: Option<String>,
+    helo: Option<String>,
+    /// HELO check, computed at most once per HELO value.
+    helo_outcome: Option<(String, SpfOutcome)>,
+}
+
+#[derive(Debug, Default)]
+struct Message {
+    queue_id: Option<String>,
+    sender: Option<EnvelopeAddress>,
+    declared_size: Option<u64>,
+    spf: Option<SpfOutcome>,
+    ar_headers_seen: usize,
+    forged_ar: Vec<usize>,
+}
+
+/// A per-connection session: feed it what the MTA says, get verdicts back.
+///
+/// A session is cheap and not shared; all connections share the [`Engine`].
+#[derive(Debug)]
+pub struct Session {
+    engine: Engine,
+    conn: Connection,
+    msg: Message,
+}
+
+impl Session {
+    pub(crate) fn new(engine: Engine) -> Self {
+        Self {
+            engine,
+            conn: Connection::default(),
+            msg: Message::default(),
+        }
+    }
+
+    /// The engine of this session.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// A client connected. `client_ip` is `None` for non-IP connections
+    /// (Postfix `unknown`, unix sockets); `mta_hostname` is the MTA's own
+    /// name (macro `j`), used as receiver and default authserv-id.
+    pub async fn connect(
+        &mut self,
+        client_ip: Option<IpAddr>,
+        client_name: &str,
+        mta_hostname: Option<&str>,
+    ) -> Verdict {
+        self.conn = Connection {
+            client_ip,
+            client_name: client_name.to_owned(),
+            mta_hostname: mta_hostname.filter(|h| !h.is_empty()).map(str::to_owned),
+            ..Default::default()
+        };
+        self.msg = Message::default();
+        Verdict::Continue
+    }
+
+    /// HELO or EHLO with `helo`.
+    pub async fn helo(&mut self, helo: &str) -> Verdict {
+        self.conn.helo = Some(helo.trim().to_owned());
+        Verdict::Continue
+    }
+
+    /// Sets the MTA's queue id (macro `i`) for logs; may come at any stage.
+    pub fn set_queue_id(&mut self, queue_id: &str) {
+        if !queue_id.is_empty() {
+            self.msg.queue_id = Some(queue_id.to_owned());
+        }
+    }
+
+    /// MAIL FROM with `sender` (as given, brackets allowed), its ESMTP
+    /// arguments, and the SMTP AUTH user (`{auth_authen}`), if any.
+    pub async fn mail_from(
+        &mut self,
+        sender: &str,
+        esmtp_args: &[&str],
+        auth_user: Option<&str>,
+    ) -> Verdict {
+        let queue_id = self.msg.queue_id.take();
+        self.msg = Message {
+            queue_id,
+            sender: Some(EnvelopeAddress::parse(sender)),
+            declared_size: declared_size(esmtp_args.iter().copied()),
+            ..Default::default()
+        };
+        let verdict = self.check_spf(auth_user.filter(|a| !a.is_empty())).await;
+        self.finish(Stage::MailFrom, verdict)
+    }
+
+    async fn check_spf(&mut self, auth_user: Option<&str>) -> Verdict {
+        let engine = self.engine.clone();
+        let config = &engine.inner.config.spf;
+        let sender = self.msg.sender.clone().unwrap_or(EnvelopeAddress::Null);
+        let skip = |why: &str| {
+            debug!(stage = "mail", sender = %sender, why, "SPF skipped");
+            Verdict::Continue
+        };
+        if !config.enabled {
+            return skip("disabled");
+        }
+        let Some(ip) = self.conn.client_ip else {
+            return skip("no client IP address");
+        };
+        if config.is_trusted(ip) {
+            return skip("trusted network");
+        }
+        if auth_user.is_some() && config.skip_authenticated {
+            return skip("authenticated sender");
+        }
+        if let Some(d) = sender.domain() {
+            if config.skips_sender_domain(d) {
+                return skip("sender domain in skip list");
+            }
+        }
+
+        let helo_sender = self
+            .conn
+            .helo
+            .as_deref()
+            .and_then(|h| Sender::from_domain(h).ok());
+        let helo_domain = helo_sender.as_ref().map(|s| s.domain().clone());
+
+        let need_helo = config.verify_helo || sender.is_null();
+        if need_helo {
+            if let Some(hs) = &helo_sender {
+                let outcome = self.helo_outcome(ip, hs, helo_domain.clone()).await;
+                if config.verify_helo && matches!(outcome.answer.result, SpfResult::Fail(_)) {
+                    let verdict = spf::decide(config, ip, &outcome);
+                    self.log_spf(&outcome);
+                    self.msg.spf = Some(outcome);
+                    return verdict;
+                }
+            }
+        }
+
+        let outcome = match &sender {
+            EnvelopeAddress::Null => match &helo_sender {
+                // RFC 7208 §2.4: a null sender is checked as postmaster@HELO,
+                // which is exactly the HELO check.
+                Some(_) => {
+                    let mut o = self
+                        .conn
+                        .helo_outcome
+                        .as_ref()
+                        .map(|(_, o)| o.clone())
+                        .expect("HELO outcome computed above for a null sender");
+                    o.identity = Identity::MailFrom;
+                    o
+                }
+                None => none_outcome("postmaster@[invalid HELO]", "HELO is not a domain"),
+            },
+            EnvelopeAddress::Mailbox { .. } => {
+                let text = sender.to_string();
+                match Sender::new(&text) {
+                    Ok(s) => {
+                        let answer = self
+                            .engine
+                            .inner
+                            .spf
+                            .verify(&SpfRequest {
+                                ip,
+                                sender: s,
+                                helo: helo_domain,
+                            })
+                            .await;
+                        SpfOutcome {
+                            identity: Identity::MailFrom,
+                            sender: text,
+                            answer,
+                        }
+                    }
+                    // RFC 7208 §4.3: a malformed domain gives "none".
+                    Err(_) => none_outcome(&text, "sender domain is not a valid domain"),
+                }
+            }
+            EnvelopeAddress::Other(s) => none_outcome(s, "sender has no domain"),
+        };
+        self.log_spf(&outcome);
+        let verdict = spf::decide(config, ip, &outcome);
+        self.msg.spf = Some(outcome);
+        verdict
+    }
+
+    async fn helo_outcome(
+        &mut self,
+        ip: IpAddr,
+        helo_sender: &Sender,
+        helo_domain: Option<DomainName>,
+    ) -> SpfOutcome {
+        let helo = self.conn.helo.clone().unwrap_or_default();
+        if let Some((h, o)) = &self.conn.helo_outcome {
+            if *h == helo {
+                return o.clone();
+            }
+        }
+        let answer = self
+            .engine
+            .inner
+            .spf
+            .verify(&SpfRequest {
+                ip,
+                sender: helo_sender.clone(),
+                helo: helo_domain,
+            })
+            .await;
+        let outcome = SpfOutcome {
+            identity: Identity::Helo,
+            sender: format!("postmaster@{helo}"),
+            answer,
+        };
+        self.conn.helo_outcome = Some((helo, outcome.clone()));
+        outcome
+    }
+
+    fn log_spf(&self, outcome: &SpfOutcome) {
+        info!(
+            target: "nobounce::spf",
+            queue_id = self.msg.queue_id.as_deref().unwrap_or("-"),
+            client_ip = %display_ip(self.conn.client_ip),
+            identity = outcome.identity.as_str(),
+            sender = %outcome.sender,
+            result = spf::result_name(&outcome.answer.result),
+            cause = outcome.answer.cause.as_deref().unwrap_or("-"),
+            "SPF result"
+        );
+    }
+
+    /// RCPT TO with `recipient` and its ESMTP arguments.
+    pub async fn rcpt_to(&mut self, recipient: &str, _esmtp_args: &[&str]) -> Verdict {
+        let Some(directory) = self.engine.inner.directory.clone() else {
+            return Verdict::Continue;
+        };
+        let address = EnvelopeAddress::parse(recipient);
+        let text = address.to_string();
+        if text.is_empty() {
+            return Verdict::Continue;
+        }
+        let query = RecipientQuery {
+            address: &text,
+            declared_size: self.msg.declared_size,
+            null_sender: self
+                .msg
+                .sender
+                .as_ref()
+                .is_some_and(EnvelopeAddress::is_null),
+        };
+        let answer = directory.lookup(&query).await;
+        let (verdict, finding) =
+            recipient::decide(&self.engine.inner.config.recipients, &text, answer);
+        if finding != RecipientFinding::Fine {
+            debug!(recipient = %text, ?finding, "recipient finding");
+        }
+        self.finish(Stage::RcptTo, verdict)
+    }
+
+    /// A recipient the MTA rejected itself (seen with `SMFIP_RCPT_REJ`).
+    pub async fn mta_rejected_rcpt(&mut self, recipient: &str) {
+        debug!(
+            client_ip = %display_ip(self.conn.client_ip),
+            recipient,
+            "recipient rejected by the MTA"
+        );
+    }
+
+    /// A header of the message (for forged `Authentication-Results`).
+    pub fn header(&mut self, name: &str, value: &str) {
+        if name.eq_ignore_ascii_case("Authentication-Results") {
+            self.msg.ar_headers_seen += 1;
+            let ours = self.authserv_id();
+            if spf::authserv_id_of(value).is_some_and(|id| id.eq_ignore_ascii_case(&ours)) {
+                self.msg.forged_ar.push(self.msg.ar_headers_seen);
+            }
+        }
+    }
+
+    fn authserv_id(&self) -> String {
+        self.engine
+            .inner
+            .config
+            .spf
+            .authserv_id
+            .clone()
+            .or_else(|| self.conn.mta_hostname.clone())
+            .unwrap_or_else(|| "localhost".into())
+    }
+
+    /// End of message: the headers to add and remove.
+    pub fn end_of_message(&mut self) -> EomPlan {
+        let mut plan = EomPlan::default();
+        for &index in self.msg.forged_ar.iter().rev() {
+            info!(
+                queue_id = self.msg.queue_id.as_deref().unwrap_or("-"),
+                client_ip = %display_ip(self.conn.client_ip),
+                index,
+                "removing forged Authentication-Results header"
+            );
+            plan.delete_headers
+                .push(("Authentication-Results".into(), index));
+        }
+        if let (Some(outcome), Some(ip)) = (&self.msg.spf, self.conn.client_ip) {
+            let authserv_id = self.authserv_id();
+            let receiver = self
+                .conn
+                .mta_hostname
+                .clone()
+                .unwrap_or_else(|| authserv_id.clone());
+            let envelope_from = self
+                .msg
+                .sender
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            for h in &self.engine.inner.config.spf.headers {
+                match h {
+                    SpfHeader::ReceivedSpf => plan.insert_headers.push((
+                        "Received-SPF".into(),
+                        spf::received_spf(
+                            outcome,
+                            ip,
+                            self.conn.helo.as_deref(),
+                            &receiver,
+                            &envelope_from,
+                        ),
+                    )),
+                    SpfHeader::AuthenticationResults => plan.insert_headers.push((
+                        "Authentication-Results".into(),
+                        spf::authentication_results(outcome, &authserv_id),
+                    )),
+                }
+            }
+        }
+        self.msg = Message::default();
+        plan
+    }
+
+    /// The message was aborted (RSET, client gone): forget message facts.
+    pub fn abort(&mut self) {
+        self.msg = Message::default();
+    }
+
+    /// The client IP of this connection.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.conn.client_ip
+    }
+
+    /// The SPF outcome of the current message, if checked.
+    pub fn spf_outcome(&self) -> Option<&SpfOutcome> {
+        self.msg.spf.as_ref()
+    }
+
+    /// Logs a verdict and applies dry-run: in dry-run mode a refusal is
+    /// logged and turned into `Continue`.
+    fn finish(&self, stage: Stage, verdict: Verdict) -> Verdict {
+        let Some(reason) = verdict.reason() else {
+            return verdict;
+        };
+        let reply = verdict.reply().map(ToString::to_string).unwrap_or_default();
+        let dry_run = self.engine.inner.config.dry_run;
+        info!(
+            target: "nobounce::decision",
+            queue_id = self.msg.queue_id.as_deref().unwrap_or("-"),
+            client_ip = %display_ip(self.conn.client_ip),
+            client_name = %self.conn.client_name,
+            stage = stage.as_str(),
+            policy = reason.policy.as_str(),
+            decision = verdict.kind(),
+            reply = %reply,
+            reason = %reason.detail,
+            dry_run,
+            "{}",
+            if dry_run { "dry run: would have refused, not acting" } else { "refused" }
+        );
+        if dry_run {
+            Verdict::Continue
+        } else {
+            verdict
+        }
+    }
+}
+
+fn none_outcome(sender: &str, cause: &str) -> SpfOutcome {
+    SpfOutcome {
+        identity: Identity::MailFrom,
+        sender: sender.to_owned(),
+        answer: SpfAnswer {
+            result: SpfResult::None,
+            cause: Some(cause.to_owned()),
+            ttl: None,
+        },
+    }
+}
+
+fn display_ip(ip: Option<IpAddr>) -> String {
+    ip.map_or_else(|| "unknown".into(), |ip| ip.to_string())
+}

@@ -1,0 +1,198 @@
+//! `nobounce`: arguments, configuration file, socket, signals, exit codes.
+//! Everything else lives in the library crates.
+
+use clap::{Args, Parser, Subcommand};
+use nobounce_milter::{Config, Milter, SocketSpec};
+use std::{path::PathBuf, process::ExitCode};
+use tokio::{
+    net::{TcpListener, UnixListener},
+    signal::unix::{signal, SignalKind},
+    sync::watch,
+};
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// A milter that makes the mail server reject during the SMTP dialog
+/// instead of bouncing later.
+#[derive(Debug, Parser)]
+#[command(name = "nobounce", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the milter (foreground; logs to stderr in UTC).
+    Run(RunArgs),
+    /// Work with configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Configuration file (TOML). Without it, the embedded defaults apply.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen here instead of the configured socket: inet:HOST:PORT or unix:PATH.
+    #[arg(short, long, value_name = "SOCKET")]
+    socket: Option<SocketSpec>,
+    /// Log what would be refused, refuse nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration file and print the effective configuration.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config(ConfigCommand::Check { file }) => match Config::from_file(&file) {
+            Ok(config) => {
+                print!("{}", config.to_toml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("nobounce: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => run(args),
+    }
+}
+
+/// Loads the file (if any) and applies the command-line overrides.
+fn load(args: &RunArgs) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(socket) = &args.socket {
+        config.socket = socket.clone();
+    }
+    if args.dry_run {
+        config.dry_run = true;
+    }
+    Ok(config)
+}
+
+fn init_logging(level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // The default timer prints RFC 3339 timestamps in UTC.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nobounce: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config.log.level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nobounce: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("nobounce: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: RunArgs, config: Config) -> Result<(), String> {
+    let socket = config.socket.clone();
+    let milter = Milter::new(config).map_err(|e| e.to_string())?;
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+
+    let reloader = milter.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = sighup.recv() => {
+                    if args.config.is_none() {
+                        info!("SIGHUP: no configuration file given, nothing to reload");
+                        continue;
+                    }
+                    match load(&args) {
+                        Ok(c) => {
+                            if let Err(e) = reloader.reload(c) {
+                                warn!("SIGHUP: reload failed, keeping the old configuration: {e}");
+                            }
+                        }
+                        Err(e) => warn!("SIGHUP: reload failed, keeping the old configuration: {e}"),
+                    }
+                }
+                _ = sigterm.recv() => { info!("SIGTERM: finishing open connections, then exiting"); break; }
+                _ = sigint.recv() => { info!("SIGINT: finishing open connections, then exiting"); break; }
+            }
+        }
+        let _ = stop_tx.send(true);
+    });
+    let shutdown = async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    };
+
+    match &socket {
+        SocketSpec::Inet(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {socket}: {e}"))?;
+            info!(socket = %socket, version = env!("CARGO_PKG_VERSION"), "nobounce listening");
+            milter
+                .serve_tcp(listener, shutdown)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        SocketSpec::Unix(path) => {
+            // A socket file left by an earlier run would make bind fail.
+            if std::fs::symlink_metadata(path)
+                .map(|m| {
+                    use std::os::unix::fs::FileTypeExt;
+                    m.file_type().is_socket()
+                })
+                .unwrap_or(false)
+            {
+                let _ = std::fs::remove_file(path);
+            }
+            let listener =
+                UnixListener::bind(path).map_err(|e| format!("cannot listen on {socket}: {e}"))?;
+            info!(socket = %socket, version = env!("CARGO_PKG_VERSION"), "nobounce listening");
+            let result = milter.serve(listener, shutdown).await;
+            let _ = std::fs::remove_file(path);
+            result.map_err(|e| e.to_string())?;
+        }
+    }
+    info!("nobounce stopped");
+    Ok(())
+}
