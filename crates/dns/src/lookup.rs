@@ -32,7 +32,7 @@ use viaspf::lookup::{Lookup, LookupError, LookupResult, Name};
 /// [`TtlLookupError::Timeout`]; every other failure (SERVFAIL, REFUSED,
 /// network or protocol errors) is [`TtlLookupError::Dns`].
 ///
-/// Must be used inside a tokio runtime.
+/// Can be built anywhere; lookups must run inside a tokio runtime.
 #[derive(Clone, Debug)]
 pub struct HickoryLookup {
     resolver: TokioResolver,

@@ -468,3 +468,56 @@ fn defaults() {
     assert_eq!(config.attempts, 2);
     assert!(config.cache_size > 0);
 }
+
+#[test]
+fn can_be_built_outside_a_runtime() {
+    let config = DnsConfig::with_nameservers(vec!["127.0.0.1:53".parse().expect("addr")]);
+    assert!(HickoryLookup::new(&config).is_ok());
+}
+
+#[tokio::test]
+async fn test_server_records_change_at_runtime() {
+    let server = TestDnsServer::start([TestRecord::a(
+        "a.b.zone.test",
+        Ipv4Addr::new(192, 0, 2, 1),
+        60,
+    )])
+    .await
+    .expect("server");
+    server.set_negative_ttl(30);
+    let config = DnsConfig {
+        cache_size: 0,
+        ..DnsConfig::with_nameservers(vec![server.addr()])
+    };
+    let dns = HickoryLookup::new(&config).expect("resolver");
+
+    // b.zone.test owns nothing but has a child: an empty non-terminal,
+    // NODATA; a name with no records below it is NXDOMAIN. Both are
+    // NoRecords with the negative TTL.
+    for missing in ["b.zone.test", "c.zone.test"] {
+        let r = TtlLookup::lookup_a(&dns, &name(missing)).await;
+        assert!(
+            matches!(r, Err(TtlLookupError::NoRecords { ttl: Some(t) }) if t == secs(30)),
+            "{missing}: {r:?}"
+        );
+    }
+
+    server.add_record(TestRecord::txt("c.zone.test.", "v=spf1 -all", 90));
+    let txt = TtlLookup::lookup_txt(&dns, &name("c.zone.test"))
+        .await
+        .expect("TXT");
+    assert_eq!(
+        (txt.records, txt.ttl),
+        (vec!["v=spf1 -all".to_owned()], secs(90))
+    );
+
+    server.remove_name("C.ZONE.TEST");
+    let r = TtlLookup::lookup_txt(&dns, &name("c.zone.test")).await;
+    assert!(matches!(r, Err(TtlLookupError::NoRecords { .. })), "{r:?}");
+
+    server.retain_records(|r| r.ttl != 60);
+    assert!(server.records().is_empty());
+    let r = TtlLookup::lookup_a(&dns, &name("a.b.zone.test")).await;
+    assert!(matches!(r, Err(TtlLookupError::NoRecords { .. })), "{r:?}");
+    assert_eq!(server.query_count("a.b.zone.test.", "a"), 1);
+}
