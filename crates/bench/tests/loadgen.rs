@@ -340,3 +340,29 @@ async fn hold_reports_connections_beyond_the_milter_limit() {
     assert_eq!(report.after_hold_statuses, counts(&[("continue", 10)]));
     milter.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("milter.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let milter = tokio::spawn(indymilter::run(
+        listener,
+        Callbacks::<()>::new().on_mail(|_, _| Box::pin(async { Status::Continue })),
+        Config::default(),
+        stopped,
+    ));
+    let target: Target = format!("unix:{}", path.display()).parse().unwrap();
+    let report = run_load(&LoadConfig {
+        concurrency: 2,
+        transactions: 50,
+        ..LoadConfig::new(target)
+    })
+    .await;
+    let _ = stop.send(());
+    milter.await.unwrap().unwrap();
+
+    assert_eq!(report.errors, BTreeMap::new());
+    assert_eq!(report.statuses, counts(&[("continue", 50)]));
+}
