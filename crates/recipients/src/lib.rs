@@ -1,0 +1,58 @@
+//! # nobounce-recipients
+//!
+//! Recipient directory backends for nobounce: they answer, at `RCPT TO`,
+//! whether a local recipient exists and has room for the message, so the
+//! MTA can refuse in the SMTP dialog instead of accepting and bouncing to a
+//! forged sender later (backscatter). Each backend implements
+//! [`nobounce_core::RecipientDirectory`]; the policy that turns answers into
+//! SMTP replies lives in nobounce-core.
+//!
+//! # Layout
+//!
+//! - [`map_file`]: a text file of addresses (catch-alls, disabled entries),
+//!   reloaded on SIGHUP and when it changes.
+//! - [`probe`]: an LMTP/SMTP `RCPT TO` probe of the delivery agent (Dovecot
+//!   LMTP with `lmtp_rcpt_check_quota = yes`), pooled and cached.
+//! - [`quota_status`]: Dovecot's quota-status service over the Postfix
+//!   policy protocol.
+//! - [`maildir`]: Maildir++ `maildirsize` files read from disk.
+//! - [`router`]: [`Chain`] (existence then quota) and [`Router`] (by domain).
+//! - [`config`]: the `[recipients]` TOML section and [`build`].
+//! - [`cache`]: the answer cache shared by the network backends, with short
+//!   TTLs for quota.
+//!
+//! # Failure semantics
+//!
+//! A backend returns `Err` only when it could not find out (server down,
+//! timeout, unexpected reply, corrupt file); the engine turns that into a
+//! temporary failure, never an accept. An address a backend cannot judge
+//! (another domain, odd syntax, unsafe as a path) is `NotHandled`.
+
+pub mod cache;
+pub mod config;
+pub mod duration;
+pub mod maildir;
+pub mod map_file;
+pub mod net;
+pub mod probe;
+pub mod quota_status;
+pub mod router;
+
+mod address;
+mod reply;
+#[cfg(test)]
+mod testutil;
+
+pub use crate::{
+    cache::CacheConfig,
+    config::{
+        build, build_with_clock, build_with_reload, BackendConfig, BuildError, Recipients,
+        RecipientsConfig, ReloadHandle, RouteConfig,
+    },
+    maildir::{MaildirConfig, MaildirQuota, MissingMaildir},
+    map_file::{MapFileConfig, MapFileDirectory, MapFileError, RecipientMap},
+    net::Endpoint,
+    probe::{ProbeProtocol, RcptProbe, RcptProbeConfig},
+    quota_status::{QuotaStatus, QuotaStatusConfig},
+    router::{Chain, Router},
+};
