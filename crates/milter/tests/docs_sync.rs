@@ -1,0 +1,64 @@
+//! Keeps docs/nobounce.toml and the nobounce.toml(5) man page in sync with
+//! the configuration model.
+
+use nobounce_milter::Config;
+use std::path::PathBuf;
+
+fn docs(file: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs")
+        .join(file);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Every (table, key) of the effective default configuration.
+fn default_keys() -> Vec<(String, String)> {
+    let value: toml::Table = toml::from_str(&Config::default().to_toml()).expect("toml");
+    let mut keys = Vec::new();
+    for (k, v) in &value {
+        match v {
+            toml::Value::Table(t) => {
+                for k2 in t.keys() {
+                    keys.push((k.clone(), k2.clone()));
+                }
+            }
+            _ => keys.push((String::new(), k.clone())),
+        }
+    }
+    keys
+}
+
+#[test]
+fn sample_config_equals_the_defaults() {
+    let text = docs("nobounce.toml");
+    let parsed = Config::from_toml_str_named(&text, "docs/nobounce.toml").expect("sample parses");
+    assert_eq!(parsed, Config::default(), "docs/nobounce.toml must set every key to its default");
+}
+
+#[test]
+fn sample_config_documents_every_key() {
+    let text = docs("nobounce.toml");
+    // Optional keys without default (authserv_id) appear commented out.
+    for key in ["authserv_id"] {
+        assert!(text.contains(&format!("# {key} =")), "{key} not documented");
+    }
+    for (table, key) in default_keys() {
+        let assigned = text.lines().any(|l| {
+            l.trim_start()
+                .strip_prefix(&key)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        });
+        assert!(assigned, "docs/nobounce.toml lacks [{table}] {key}");
+    }
+}
+
+#[test]
+fn man_page_documents_every_key() {
+    let man = docs("man/nobounce.toml.5");
+    for (table, key) in default_keys() {
+        assert!(
+            man.contains(&key),
+            "docs/man/nobounce.toml.5 lacks [{table}] {key}"
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! The `nobounce` binary as an admin uses it.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::TcpListener as StdListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_nobounce"))
+}
+
+fn docs(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs").join(file)
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
+/// Collects stderr lines of a child in the background.
+fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[nobounce] {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    panic!("no log line containing {needle:?}");
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+async fn negotiates(addr: &str) {
+    let conn = indymilter_test::TestConnection::open(addr)
+        .await
+        .expect("milter answers negotiation");
+    assert!(conn
+        .negotiated_actions()
+        .contains(indymilter_test::Actions::ADD_HEADER));
+    conn.close().await.expect("close");
+}
+
+#[test]
+fn config_check_accepts_the_sample_and_prints_effective_config() {
+    let out = bin()
+        .args(["config", "check"])
+        .arg(docs("nobounce.toml"))
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("socket = \"inet:127.0.0.1:8894\""), "{stdout}");
+    assert!(stdout.contains("[spf]"), "{stdout}");
+}
+
+#[test]
+fn config_check_names_unknown_key_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "socket = \"inet:127.0.0.1:8894\"\n\n[spf]\non_fial = \"reject\"\n")
+        .expect("write");
+    let out = bin().args(["config", "check"]).arg(&file).output().expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:4:"), "{err}");
+    assert!(err.contains("on_fial"), "{err}");
+}
+
+#[test]
+fn config_check_of_a_missing_file_fails() {
+    let out = bin()
+        .args(["config", "check", "/nonexistent/nobounce.toml"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/nobounce.toml"));
+}
+
+/// Issue 2: `nobounce run` with no arguments listens on 127.0.0.1:8894 and
+/// answers milter negotiation; SIGTERM makes it exit 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_without_arguments_listens_on_default_socket() {
+    let mut child = bin()
+        .arg("run")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let rx = stderr_lines(&mut child);
+    wait_for_line(&rx, "inet:127.0.0.1:8894");
+    negotiates("127.0.0.1:8894").await;
+    signal(&child, "-TERM");
+    let status = child.wait().expect("exits");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_and_a_bad_file_keeps_the_old_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("nobounce.toml");
+    let port = free_port();
+    let socket = format!("inet:127.0.0.1:{port}");
+    std::fs::write(&file, format!("socket = \"{socket}\"\n")).expect("write");
+    let mut child = bin()
+        .args(["run", "--config"])
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let rx = stderr_lines(&mut child);
+    wait_for_line(&rx, "nobounce listening");
+
+    std::fs::write(&file, format!("socket = \"{socket}\"\ndry_run = true\n")).expect("write");
+    signal(&child, "-HUP");
+    wait_for_line(&rx, "configuration reloaded");
+
+    std::fs::write(&file, "socket = \"inet:127.0.0.1:1\"\n[spf]\nbogus = 1\n").expect("write");
+    signal(&child, "-HUP");
+    let line = wait_for_line(&rx, "reload failed");
+    assert!(line.contains("bogus") && line.contains(":3:"), "{line}");
+    // Still serving on the old socket.
+    negotiates(&format!("127.0.0.1:{port}")).await;
+
+    signal(&child, "-INT");
+    assert!(child.wait().expect("exits").success());
+}
+
+#[test]
+fn unknown_socket_syntax_is_a_clear_error() {
+    let out = bin()
+        .args(["run", "--socket", "tcp:somewhere"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid socket"));
+}
