@@ -25,19 +25,22 @@ use crate::{
     verdict::{Policy, Reason, Verdict},
 };
 use ipnet::{IpNet, Ipv6Net};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::{
     fmt::{self, Display, Formatter},
     net::IpAddr,
     time::{Duration, SystemTime},
 };
 
+/// The longest ban the configuration allows, in seconds (one week).
+pub const MAX_BAN_SECS: u64 = 7 * 86_400;
+
 /// The reason recorded with bans made by this policy.
 pub const BAN_REASON: &str = "too many unknown recipients";
 
 /// Settings of the dictionary-attack policy (`[dictionary]` in the
 /// configuration file). Every field has a default.
-#[derive(Clone, Debug, Deserialize, Eq, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DictionaryConfig {
     /// Whether the policy is on. Default `true`.
@@ -113,6 +116,12 @@ impl DictionaryConfig {
             return err(format!(
                 "max_ban_secs ({}) must not be less than ban_secs ({})",
                 self.max_ban_secs, self.ban_secs
+            ));
+        }
+        // Bans that outlive the attack punish the next user of the address.
+        if self.max_ban_secs > MAX_BAN_SECS || self.ban_secs > MAX_BAN_SECS {
+            return err(format!(
+                "ban_secs and max_ban_secs must not exceed {MAX_BAN_SECS} (one week): bans that outlive an attack punish the next user of the address"
             ));
         }
         if self.ipv6_prefix > 128 {

@@ -2,10 +2,12 @@
 
 use crate::{
     clock::{Clock, SystemClock},
+    dictionary::DictionaryConfig,
     directory::RecipientDirectory,
     recipient::RecipientPolicy,
     session::Session,
     spf::{LookupVerifier, SpfConfig, SpfVerifier},
+    store::{MemoryStore, StateStore},
 };
 use std::{fmt::Debug, sync::Arc, time::Duration};
 use viaspf::lookup::Lookup;
@@ -19,6 +21,8 @@ pub struct EngineConfig {
     pub spf: SpfConfig,
     /// Recipient policy (used when a directory is configured).
     pub recipients: RecipientPolicy,
+    /// Dictionary-attack bans.
+    pub dictionary: DictionaryConfig,
 }
 
 /// The decision engine. Cheap to clone; one per configuration generation,
@@ -61,6 +65,7 @@ pub(crate) struct EngineInner {
     pub(crate) config: EngineConfig,
     pub(crate) spf: Arc<dyn SpfVerifier>,
     pub(crate) directory: Option<Arc<dyn RecipientDirectory>>,
+    pub(crate) store: Arc<dyn StateStore>,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -71,6 +76,7 @@ impl Engine {
             config,
             spf: None,
             directory: None,
+            store: None,
             clock: Arc::new(SystemClock),
         }
     }
@@ -95,6 +101,11 @@ impl Engine {
         self.inner.directory.as_ref()
     }
 
+    /// The shared state store (counters and bans).
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.inner.store
+    }
+
     /// The clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.inner.clock
@@ -107,6 +118,7 @@ pub struct EngineBuilder {
     config: EngineConfig,
     spf: Option<Arc<dyn SpfVerifier>>,
     directory: Option<Arc<dyn RecipientDirectory>>,
+    store: Option<Arc<dyn StateStore>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -131,6 +143,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Keeps counters and bans in `store` (default: a private
+    /// [`MemoryStore`]). Share one store between engines (reloads, several
+    /// milters) to share bans.
+    pub fn store(mut self, store: Arc<dyn StateStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
     /// Uses `clock` instead of the system clock.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -148,6 +168,9 @@ impl EngineBuilder {
                 config: self.config,
                 spf,
                 directory: self.directory,
+                store: self
+                    .store
+                    .unwrap_or_else(|| Arc::new(MemoryStore::default())),
                 clock: self.clock,
             }),
         }

@@ -2,6 +2,7 @@
 
 use crate::{
     address::{declared_size, EnvelopeAddress},
+    dictionary,
     directory::RecipientQuery,
     engine::Engine,
     recipient::{self, RecipientFinding},
@@ -9,7 +10,7 @@ use crate::{
     verdict::Verdict,
 };
 use std::net::IpAddr;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use viaspf::{DomainName, Sender, SpfResult};
 
 /// The SMTP stage a verdict was given at, for logs.
@@ -58,12 +59,15 @@ struct Connection {
     helo: Option<String>,
     /// HELO check, computed at most once per HELO value.
     helo_outcome: Option<(String, SpfOutcome)>,
+    /// Set when the client got banned during this connection.
+    banned: Option<Verdict>,
 }
 
 #[derive(Debug, Default)]
 struct Message {
     queue_id: Option<String>,
     sender: Option<EnvelopeAddress>,
+    authenticated: bool,
     declared_size: Option<u64>,
     spf: Option<SpfOutcome>,
     ar_headers_seen: usize,
@@ -110,7 +114,61 @@ impl Session {
             ..Default::default()
         };
         self.msg = Message::default();
-        Verdict::Continue
+        let verdict = self.check_ban().await;
+        self.finish(Stage::Connect, verdict)
+    }
+
+    /// `true` if the dictionary policy leaves this client alone.
+    fn dictionary_exempts(&self, ip: IpAddr) -> bool {
+        let c = &self.engine.inner.config;
+        c.dictionary.exempts(ip) || c.spf.is_trusted(ip)
+    }
+
+    async fn check_ban(&mut self) -> Verdict {
+        let Some(ip) = self.conn.client_ip else {
+            return Verdict::Continue;
+        };
+        if self.dictionary_exempts(ip) {
+            return Verdict::Continue;
+        }
+        let inner = &self.engine.inner;
+        let now = inner.clock.now();
+        match dictionary::check_ban(&inner.config.dictionary, inner.store.as_ref(), ip, now).await {
+            Ok(Some(ban)) => dictionary::ban_verdict(&ban),
+            Ok(None) => Verdict::Continue,
+            Err(e) => {
+                // A broken store never refuses mail.
+                warn!(client_ip = %ip, "state store failed, ban not checked: {e}");
+                Verdict::Continue
+            }
+        }
+    }
+
+    /// Counts an unknown recipient; bans the client at the threshold.
+    async fn record_unknown(&mut self, recipient: &str) {
+        let Some(ip) = self.conn.client_ip else {
+            return;
+        };
+        if self.msg.authenticated || self.dictionary_exempts(ip) {
+            return;
+        }
+        let inner = &self.engine.inner;
+        let now = inner.clock.now();
+        match dictionary::record_unknown(
+            &inner.config.dictionary,
+            inner.store.as_ref(),
+            ip,
+            recipient,
+            now,
+        )
+        .await
+        {
+            Ok(Some(ban)) => self.conn.banned = Some(dictionary::ban_verdict(&ban)),
+            Ok(None) => {}
+            Err(e) => {
+                warn!(client_ip = %ip, "state store failed, unknown recipient not counted: {e}")
+            }
+        }
     }
 
     /// HELO or EHLO with `helo`.
@@ -135,13 +193,18 @@ impl Session {
         auth_user: Option<&str>,
     ) -> Verdict {
         let queue_id = self.msg.queue_id.take();
+        let auth_user = auth_user.filter(|a| !a.is_empty());
         self.msg = Message {
             queue_id,
             sender: Some(EnvelopeAddress::parse(sender)),
+            authenticated: auth_user.is_some(),
             declared_size: declared_size(esmtp_args.iter().copied()),
             ..Default::default()
         };
-        let verdict = self.check_spf(auth_user.filter(|a| !a.is_empty())).await;
+        if let Some(banned) = self.conn.banned.clone() {
+            return self.finish(Stage::MailFrom, banned);
+        }
+        let verdict = self.check_spf(auth_user).await;
         self.finish(Stage::MailFrom, verdict)
     }
 
@@ -285,6 +348,9 @@ impl Session {
 
     /// RCPT TO with `recipient` and its ESMTP arguments.
     pub async fn rcpt_to(&mut self, recipient: &str, _esmtp_args: &[&str]) -> Verdict {
+        if let Some(banned) = self.conn.banned.clone() {
+            return self.finish(Stage::RcptTo, banned);
+        }
         let Some(directory) = self.engine.inner.directory.clone() else {
             return Verdict::Continue;
         };
@@ -305,19 +371,32 @@ impl Session {
         let answer = directory.lookup(&query).await;
         let (verdict, finding) =
             recipient::decide(&self.engine.inner.config.recipients, &text, answer);
-        if finding != RecipientFinding::Fine {
-            debug!(recipient = %text, ?finding, "recipient finding");
+        if finding == RecipientFinding::Unknown {
+            self.record_unknown(&text).await;
         }
         self.finish(Stage::RcptTo, verdict)
     }
 
-    /// A recipient the MTA rejected itself (seen with `SMFIP_RCPT_REJ`).
-    pub async fn mta_rejected_rcpt(&mut self, recipient: &str) {
+    /// A recipient the MTA rejected itself (seen with `SMFIP_RCPT_REJ`),
+    /// with the enhanced status code of its reply when known (macro
+    /// `{rcpt_host}`). Rejections for an unknown mailbox (`x.1.1`, and
+    /// `x.1.0` when unsure) count towards a dictionary-attack ban.
+    pub async fn mta_rejected_rcpt(&mut self, recipient: &str, status: Option<&str>) {
+        let address = EnvelopeAddress::parse(recipient).to_string();
+        let unknown = status.is_some_and(|s| {
+            let s = s.trim();
+            s.len() >= 5 && matches!(&s[1..], ".1.1" | ".1.0")
+        });
         debug!(
             client_ip = %display_ip(self.conn.client_ip),
-            recipient,
+            recipient = %address,
+            status = status.unwrap_or("-"),
+            unknown,
             "recipient rejected by the MTA"
         );
+        if unknown && !address.is_empty() {
+            self.record_unknown(&address).await;
+        }
     }
 
     /// A header of the message (for forged `Authentication-Results`).

@@ -22,7 +22,7 @@ const MACROS: &[(MacroStage, &str)] = &[
     ),
     (MacroStage::Helo, "{tls_version}"),
     (MacroStage::Mail, "i {auth_authen} {mail_addr}"),
-    (MacroStage::Rcpt, "i {rcpt_addr} {rcpt_mailer}"),
+    (MacroStage::Rcpt, "i {rcpt_addr} {rcpt_host} {rcpt_mailer}"),
     (MacroStage::Data, "i"),
     (MacroStage::Eoh, "i"),
     (MacroStage::Eom, "i"),
@@ -122,6 +122,7 @@ pub(crate) fn callbacks(shared: Arc<Shared>) -> Callbacks<Conn> {
         .on_rcpt(|ctx, args| {
             Box::pin(async move {
                 let mailer = macro_str(&ctx.macros, c"{rcpt_mailer}").map(str::to_owned);
+                let host = macro_str(&ctx.macros, c"{rcpt_host}").map(str::to_owned);
                 let Some(conn) = ctx.data.as_mut() else {
                     return Status::Continue;
                 };
@@ -133,7 +134,7 @@ pub(crate) fn callbacks(shared: Arc<Shared>) -> Callbacks<Conn> {
                 // With SMFIP_RCPT_REJ the MTA also shows us recipients it
                 // rejected itself; their mailer is "error".
                 if mailer.as_deref() == Some("error") {
-                    conn.session.mta_rejected_rcpt(rcpt).await;
+                    conn.session.mta_rejected_rcpt(rcpt, host.as_deref()).await;
                     return Status::Continue;
                 }
                 let verdict = conn.session.rcpt_to(rcpt, &esmtp).await;

@@ -5,7 +5,9 @@
 //! line, column and key. `docs/nobounce.toml` documents every key; a test
 //! keeps it in sync with this model.
 
-use nobounce_core::{recipient::RecipientPolicy, spf::SpfConfig, EngineConfig};
+use nobounce_core::{
+    dictionary::DictionaryConfig, recipient::RecipientPolicy, spf::SpfConfig, EngineConfig,
+};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::{
     error::Error,
@@ -197,6 +199,8 @@ pub struct Config {
     pub spf: SpfConfig,
     /// Recipient policy (replies); backends come with `[recipients.*]`.
     pub recipients: RecipientPolicy,
+    /// Dictionary-attack bans.
+    pub dictionary: DictionaryConfig,
 }
 
 /// A configuration that could not be read or is invalid.
@@ -276,6 +280,7 @@ impl Config {
             dry_run: self.dry_run,
             spf: self.spf.clone(),
             recipients: self.recipients.clone(),
+            dictionary: self.dictionary.clone(),
         }
     }
 
@@ -308,6 +313,12 @@ impl Config {
                     at("authserv_id")
                 )));
             }
+        }
+        if let Err(e) = self.dictionary.validate() {
+            return Err(ConfigError::new(format!(
+                "{}: {e}",
+                at_table(text, origin, "dictionary")
+            )));
         }
         for (key, text_value) in [
             ("unknown_text", &self.recipients.unknown_text),
@@ -346,6 +357,14 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
         Some(t) if !t.is_empty() => format!("{t}.{key}"),
         _ => key.to_owned(),
     })
+}
+
+/// `origin:line` of a `[table]` header, for errors about a whole table.
+fn at_table(text: &str, origin: &str, table: &str) -> String {
+    let header = format!("[{table}]");
+    text.lines()
+        .position(|l| l.trim() == header)
+        .map_or_else(|| origin.to_string(), |i| format!("{origin}:{}", i + 1))
 }
 
 /// The first line that assigns `key`, for errors found after parsing.
