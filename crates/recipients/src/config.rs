@@ -3,7 +3,7 @@
 //! ```toml
 //! [recipients]
 //! # Chain for domains without a route; empty (the default): NotHandled.
-//! default = ["dovecot"]
+//! default_chain = ["dovecot"]
 //!
 //! [[recipients.routes]]
 //! domains = ["example.org", "example.net"]
@@ -53,7 +53,7 @@ pub struct RecipientsConfig {
     /// The chain for domains no route lists. Default: `[]`, meaning such
     /// recipients are `NotHandled` (the MTA decides).
     #[serde(default)]
-    pub default: Vec<String>,
+    pub default_chain: Vec<String>,
 }
 
 /// One `[[recipients.routes]]` entry.
@@ -260,8 +260,8 @@ pub fn build_with_clock(
             }
         }
     }
-    if !config.default.is_empty() {
-        router.set_default(make_chain(&config.default, "default")?);
+    if !config.default_chain.is_empty() {
+        router.set_default(make_chain(&config.default_chain, "default_chain")?);
     }
     for (name, used) in used {
         if !used {
@@ -299,7 +299,7 @@ mod tests {
         let config = parse(
             r#"
             [recipients]
-            default = ["lmtp"]
+            default_chain = ["lmtp"]
 
             [[recipients.routes]]
             domains = ["example.org", "example.net"]
@@ -347,7 +347,7 @@ mod tests {
     #[test]
     fn unknown_fields_and_types_are_refused() {
         for (text, needle) in [
-            ("[recipients]\ndefualt = []\n", "defualt"),
+            ("[recipients]\ndefault = []\n", "default"),
             ("[recipients.backends.x]\ntype = \"map_file\"\npath = \"/x\"\nwatch = \"1s\"\n", "watch"),
             ("[recipients.backends.x]\ntype = \"ldap\"\n", "ldap"),
             ("[recipients.backends.x]\ntype = \"rcpt_probe\"\naddress = \"nowhere\"\n", "nowhere"),
@@ -471,6 +471,43 @@ mod tests {
             .block_on(dir.lookup(&query("a@example.org", None)))
             .expect("answer");
         assert_eq!(got, RecipientStatus::NotHandled);
+    }
+
+    /// Keeps docs/recipients.md in sync with the configuration model.
+    #[test]
+    fn docs_examples_parse() {
+        let doc = include_str!("../../../docs/recipients.md");
+        let blocks = |lang: &str| -> Vec<String> {
+            let fence = format!("```{lang}\n");
+            doc.split(fence.as_str())
+                .skip(1)
+                .map(|rest| rest.split("```").next().unwrap_or("").to_owned())
+                .collect()
+        };
+        let toml_blocks = blocks("toml");
+        assert!(toml_blocks.len() >= 3, "docs have TOML examples");
+        for block in &toml_blocks {
+            let config = parse(block).unwrap_or_else(|e| panic!("{e}\nin:\n{block}"));
+            for backend in config.backends.values() {
+                if let BackendConfig::Maildir(m) = backend {
+                    MaildirQuota::new(m.clone()).expect("documented template is valid");
+                }
+            }
+        }
+        let map = blocks("text")
+            .into_iter()
+            .find(|b| b.starts_with("# /etc/nobounce/recipients"))
+            .expect("docs show a map file");
+        let map = crate::RecipientMap::parse(&map, std::path::Path::new("doc"), Default::default())
+            .expect("documented map parses");
+        assert_eq!(
+            map.lookup("ex-staff@example.org"),
+            RecipientStatus::Disabled
+        );
+        assert_eq!(
+            map.lookup("abuse-test@example.net"),
+            RecipientStatus::Unknown
+        );
     }
 
     #[test]

@@ -18,13 +18,23 @@
 //! C: QUIT                         (when a pooled connection is dropped)
 //! ```
 //!
-//! No `DATA` is ever sent, so nothing is delivered. Replies map to statuses
-//! as documented on [`crate::reply`] (`250` deliverable, `550 5.1.1`
-//! unknown, `552`/`x.2.2` over quota, anything unexpected a temporary
-//! error). Each lookup has one deadline covering the wait for a connection
-//! slot, connecting, greeting and the whole exchange; on expiry the lookup
-//! fails (→ tempfail) and the connection is dropped. Answers, never errors,
-//! are cached (see [`CacheConfig`]).
+//! No `DATA` is ever sent, so nothing is delivered. The `RCPT` reply maps
+//! to a status:
+//!
+//! | reply | status |
+//! | --- | --- |
+//! | 2xx | `Deliverable` |
+//! | any `x.2.2` (mailbox full); `552` without enhanced code or with `5.2.x` | `OverQuota { room_left: None }` |
+//! | `5.2.1` (mailbox disabled) | `Disabled` |
+//! | `550`/`551`/`553` with `5.1.x` or no enhanced code | `Unknown` |
+//! | `421`, other 4xx, other 5xx (`554 5.7.1`, `552 5.3.4`) | `Err` |
+//!
+//! Unexpected permanent replies are errors rather than `Unknown`: they do
+//! not say the recipient does not exist, and a temporary failure is the
+//! answer that never loses mail. Each lookup has one deadline covering the
+//! wait for a connection slot, connecting, greeting and the whole exchange;
+//! on expiry the lookup fails (→ tempfail) and the connection is dropped.
+//! Answers, never errors, are cached (see [`CacheConfig`]).
 
 use crate::{
     address,

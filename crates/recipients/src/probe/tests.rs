@@ -186,13 +186,13 @@ async fn answers_are_cached_with_their_own_ttls_errors_never() {
 async fn timeout_is_an_error_and_the_connection_is_not_reused() {
     let server = fake_lmtp(behaviour()).await;
     let mut config = config(&server);
-    config.timeout = Duration::from_millis(300);
+    config.timeout = Duration::from_secs(2);
     let probe = RcptProbe::new(config).expect("valid config");
     let err = probe
         .lookup(&query("slow@example.org", None))
         .await
         .expect_err("no answer is an error");
-    assert!(err.to_string().contains("no answer within 300ms"), "{err}");
+    assert!(err.to_string().contains("no answer within 2s"), "{err}");
     let got = probe
         .lookup(&query("alice@example.org", None))
         .await
