@@ -1,0 +1,443 @@
+//! [`RedisStore`]: the `StateStore` port on Redis.
+
+use async_trait::async_trait;
+use nobounce_core::store::{
+    duration_millis, from_millis, to_millis, Ban, BanRule, StateStore, StoreError, Strike,
+    MAX_DISTINCT_MEMBERS,
+};
+use redis::{aio::ConnectionManager, Client, Script};
+use serde::Deserialize;
+use std::{
+    fmt::{self, Debug, Formatter},
+    future::Future,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+use tokio::sync::OnceCell;
+
+/// Settings of the Redis store (`[store.redis]` in the configuration file).
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Where Redis is: `redis://[:PASSWORD@]HOST[:PORT][/DB]` or
+    /// `redis+unix:///PATH`. Default `redis://127.0.0.1:6379`.
+    pub url: String,
+    /// Put before every key, so several programs (or test runs) can share one
+    /// Redis. Default `nobounce:`.
+    pub prefix: String,
+    /// How long one operation may take, connecting included, in
+    /// milliseconds; past it the operation fails (and mail goes on as if
+    /// nobody were banned). Default 500.
+    pub timeout_ms: u64,
+    /// While Redis is unreachable, how often [`crate::FallbackStore`] tries
+    /// it again, in milliseconds. Default 5000.
+    pub retry_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "nobounce:".into(),
+            timeout_ms: 500,
+            retry_ms: 5000,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The per-operation timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The retry interval of the fallback store.
+    pub fn retry_interval(&self) -> Duration {
+        Duration::from_millis(self.retry_ms)
+    }
+}
+
+/// The Lua scripts, loaded once per process (and again by the redis crate
+/// after a Redis restart flushed its script cache).
+struct Scripts {
+    add_distinct: Script,
+    strike: Script,
+    ban: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            add_distinct: Script::new(include_str!("lua/add_distinct.lua")),
+            strike: Script::new(include_str!("lua/strike.lua")),
+            ban: Script::new(include_str!("lua/ban.lua")),
+        }
+    }
+}
+
+struct Inner {
+    client: Client,
+    /// Connected on first use, so that a store can be made while Redis is
+    /// down; the manager then reconnects by itself after errors.
+    conn: OnceCell<ConnectionManager>,
+    prefix: String,
+    /// `prefix` with glob characters escaped, for SCAN MATCH.
+    prefix_pattern: String,
+    timeout: Duration,
+    scripts: Scripts,
+}
+
+/// The [`StateStore`] port on Redis. Cheap to clone (handles share one
+/// connection, multiplexed).
+///
+/// Making a store does no I/O: it connects on first use, and every
+/// operation fails with a [`StoreError`] while Redis is unreachable.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl Debug for RedisStore {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        // The address only: the URL may hold a password.
+        f.debug_struct("RedisStore")
+            .field("addr", &self.inner.client.get_connection_info().addr)
+            .field("prefix", &self.inner.prefix)
+            .field("timeout", &self.inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Escapes the glob characters of Redis' MATCH patterns.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn redis_error(what: &str, e: redis::RedisError) -> StoreError {
+    StoreError::with_source(format!("redis {what} failed"), e)
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::new(format!("redis: corrupt {what} value {value:?}"))
+}
+
+/// Parses a ban value `UNTIL_MS STRIKES REASON`.
+fn parse_ban(key: &str, value: &str) -> Result<Ban, StoreError> {
+    let mut parts = value.splitn(3, ' ');
+    let mut number = || parts.next().and_then(|p| p.parse::<u64>().ok());
+    let (Some(until), Some(strikes)) = (number(), number()) else {
+        return Err(corrupt("ban", value));
+    };
+    let reason = parts.next().ok_or_else(|| corrupt("ban", value))?;
+    Ok(Ban {
+        key: key.to_owned(),
+        until: from_millis(until),
+        reason: reason.to_owned(),
+        strikes: u32::try_from(strikes).map_err(|_| corrupt("ban", value))?,
+    })
+}
+
+impl RedisStore {
+    /// A store for `config`; fails only on a malformed URL (no I/O here).
+    pub fn new(config: &RedisConfig) -> Result<Self, StoreError> {
+        let client = Client::open(config.url.as_str())
+            .map_err(|e| StoreError::with_source("invalid redis url", e))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                conn: OnceCell::new(),
+                prefix: config.prefix.clone(),
+                prefix_pattern: glob_escape(&config.prefix),
+                timeout: config.timeout(),
+                scripts: Scripts::new(),
+            }),
+        })
+    }
+
+    /// Checks that Redis answers (`PING`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.run("ping", |mut conn| async move {
+            redis::cmd("PING").query_async::<()>(&mut conn).await
+        })
+        .await
+    }
+
+    fn key(&self, kind: &str, key: &str) -> String {
+        format!("{}{kind}:{key}", self.inner.prefix)
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
+        let inner = &self.inner;
+        inner
+            .conn
+            .get_or_try_init(|| async {
+                // No retries of its own: the caller's timeout bounds the
+                // attempt, and the fallback store decides when to try again.
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_number_of_retries(0)
+                    .set_connection_timeout(inner.timeout)
+                    .set_response_timeout(inner.timeout);
+                ConnectionManager::new_with_config(inner.client.clone(), config).await
+            })
+            .await
+            .cloned()
+    }
+
+    /// Runs `op` on a connection within the timeout.
+    ///
+    /// After a dropped connection (Redis restarted, a proxy closed it) the
+    /// connection manager reconnects, and `op` is tried once more within the
+    /// same timeout, so a restart does not cost one failed operation per
+    /// store. Every operation is safe to repeat: the scripts are idempotent
+    /// (a repeated strike finds the ban the first one made).
+    async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let attempt = async {
+            let conn = self.connection().await?;
+            match op(conn.clone()).await {
+                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
+                    tracing::debug!(event = "store_retry", error = %e, "redis connection dropped, retrying once");
+                    op(conn).await
+                }
+                result => result,
+            }
+        };
+        match tokio::time::timeout(self.inner.timeout, attempt).await {
+            Ok(result) => result.map_err(|e| redis_error(what, e)),
+            Err(_) => Err(StoreError::new(format!(
+                "redis {what} timed out after {} ms",
+                self.inner.timeout.as_millis()
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl StateStore for RedisStore {
+    async fn add_distinct(
+        &self,
+        key: &str,
+        member: &str,
+        window: Duration,
+        now: SystemTime,
+    ) -> Result<u64, StoreError> {
+        let seen = &self.key("seen", key);
+        self.run("add_distinct", |mut conn| async move {
+            self.inner
+                .scripts
+                .add_distinct
+                .key(seen)
+                .arg(to_millis(now))
+                .arg(duration_millis(window))
+                .arg(member)
+                .arg(MAX_DISTINCT_MEMBERS)
+                .invoke_async(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    async fn strike(
+        &self,
+        key: &str,
+        rule: &BanRule,
+        reason: &str,
+        now: SystemTime,
+    ) -> Result<Strike, StoreError> {
+        let (ban_key, strikes_key, seen_key) = (
+            &self.key("ban", key),
+            &self.key("strikes", key),
+            &self.key("seen", key),
+        );
+        let base = rule.ban_millis(1);
+        let cap = duration_millis(rule.max).max(base);
+        let (new, value): (i64, String) = self
+            .run("strike", |mut conn| async move {
+                self.inner
+                    .scripts
+                    .strike
+                    .key(ban_key)
+                    .key(strikes_key)
+                    .key(seen_key)
+                    .arg(to_millis(now))
+                    .arg(base)
+                    .arg(if rule.escalate { "1" } else { "0" })
+                    .arg(cap)
+                    .arg(duration_millis(rule.forget_after))
+                    .arg(reason)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(Strike {
+            ban: parse_ban(key, &value)?,
+            new: new == 1,
+        })
+    }
+
+    async fn ban(
+        &self,
+        key: &str,
+        until: SystemTime,
+        reason: &str,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        let (ban_key, strikes_key) = (&self.key("ban", key), &self.key("strikes", key));
+        self.run("ban", |mut conn| async move {
+            self.inner
+                .scripts
+                .ban
+                .key(ban_key)
+                .key(strikes_key)
+                .arg(to_millis(now))
+                .arg(to_millis(until))
+                .arg(reason)
+                .invoke_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn ban_status(&self, key: &str, now: SystemTime) -> Result<Option<Ban>, StoreError> {
+        let ban_key = &self.key("ban", key);
+        let value: Option<String> = self
+            .run("ban_status", |mut conn| async move {
+                redis::cmd("GET").arg(ban_key).query_async(&mut conn).await
+            })
+            .await?;
+        match value {
+            Some(v) => {
+                let ban = parse_ban(key, &v)?;
+                Ok((ban.until > now).then_some(ban))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn lift(&self, key: &str, _now: SystemTime) -> Result<(), StoreError> {
+        let keys = &[
+            self.key("ban", key),
+            self.key("strikes", key),
+            self.key("seen", key),
+        ];
+        self.run("lift", |mut conn| async move {
+            redis::cmd("DEL")
+                .arg(&keys[..])
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Scans the ban keys, then reads them in batches: each ban is read
+    /// atomically, the list as a whole is not a snapshot (a ban made or
+    /// ended during the scan may or may not be in it).
+    async fn list(&self, now: SystemTime) -> Result<Vec<Ban>, StoreError> {
+        let ban_prefix = self.key("ban", "");
+        let pattern = &format!("{}ban:*", self.inner.prefix_pattern);
+        let entries: Vec<(String, Option<String>)> = self
+            .run("list", |mut conn| async move {
+                let mut keys: Vec<String> = Vec::new();
+                let mut cursor: u64 = 0;
+                loop {
+                    let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut conn)
+                        .await?;
+                    keys.extend(batch);
+                    cursor = next;
+                    if cursor == 0 {
+                        break;
+                    }
+                }
+                // SCAN may return a key more than once.
+                keys.sort();
+                keys.dedup();
+                let mut entries = Vec::with_capacity(keys.len());
+                for chunk in keys.chunks(200) {
+                    let values: Vec<Option<String>> =
+                        redis::cmd("MGET").arg(chunk).query_async(&mut conn).await?;
+                    entries.extend(chunk.iter().cloned().zip(values));
+                }
+                Ok(entries)
+            })
+            .await?;
+        let mut bans = Vec::new();
+        for (redis_key, value) in entries {
+            let (Some(key), Some(value)) = (redis_key.strip_prefix(&ban_prefix), value) else {
+                continue;
+            };
+            let ban = parse_ban(key, &value)?;
+            if ban.until > now {
+                bans.push(ban);
+            }
+        }
+        bans.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(bans)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ban_values_parse() {
+        let ban = parse_ban("k", "1800000000000 3 too many: a b").unwrap();
+        assert_eq!(ban.until, from_millis(1_800_000_000_000));
+        assert_eq!(ban.strikes, 3);
+        assert_eq!(ban.reason, "too many: a b");
+        assert_eq!(parse_ban("k", "5 0 ").unwrap().reason, "");
+        for bad in ["", "5", "5 1", "x 1 r", "5 -1 r", "5 99999999999 r"] {
+            assert!(parse_ban("k", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(glob_escape("nobounce:"), "nobounce:");
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn config_defaults_and_unknown_fields() {
+        let c: RedisConfig = toml::from_str("").unwrap();
+        assert_eq!(c, RedisConfig::default());
+        assert_eq!(c.prefix, "nobounce:");
+        assert_eq!(c.timeout(), Duration::from_millis(500));
+        assert!(toml::from_str::<RedisConfig>("timeout = 3").is_err());
+        assert!(RedisStore::new(&RedisConfig {
+            url: "not a url".into(),
+            ..RedisConfig::default()
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn debug_does_not_show_the_password() {
+        let s = RedisStore::new(&RedisConfig {
+            url: "redis://:s3cret@127.0.0.1:6390/2".into(),
+            ..RedisConfig::default()
+        })
+        .unwrap();
+        let d = format!("{s:?}");
+        assert!(d.contains("127.0.0.1"), "{d}");
+        assert!(!d.contains("s3cret"), "{d}");
+    }
+}
