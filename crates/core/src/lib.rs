@@ -18,6 +18,7 @@
 //!   policy that maps its answers to verdicts at RCPT TO.
 //! - [`dns`]: the [`dns::TtlLookup`] port (DNS with TTLs).
 //! - [`spf`]: SPF policy over the [`SpfVerifier`] port (viaspf).
+//!   [`spf_cache`]: [`CachingVerifier`], the shared TTL cache of answers.
 //! - [`engine`]: [`Engine`] (configuration plus ports, shared) and
 //!   [`session`]: [`Session`] (one connection: facts in, verdicts out).
 //! - [`address`]: envelope addresses and ESMTP parameters.
@@ -34,6 +35,7 @@ pub mod recipient;
 pub mod reply;
 pub mod session;
 pub mod spf;
+pub mod spf_cache;
 pub mod store;
 pub mod verdict;
 
@@ -45,6 +47,7 @@ pub use crate::{
     reply::{sanitize_text, EnhancedStatus, Reply, ReplyCode, ReplyError},
     session::{EomPlan, Session, Stage},
     spf::{SpfAction, SpfConfig, SpfHeader, SpfVerifier},
+    spf_cache::{CacheStats, CachingVerifier},
     store::{Ban, BanRule, MemoryStore, StateStore, StoreError, Strike},
     verdict::{Policy, Reason, Verdict},
 };

@@ -195,6 +195,12 @@ pub struct SpfConfig {
     pub authserv_id: Option<String>,
     /// Upper bound on one SPF evaluation, in seconds. Default: 20.
     pub timeout_secs: u64,
+    /// How many SPF answers the shared cache keeps (about 300 bytes each, see
+    /// [`crate::spf_cache`]); `0` disables caching. Default: 100000.
+    pub cache_size: usize,
+    /// Upper bound on how long a cached answer is kept, in seconds; the
+    /// smallest DNS TTL the evaluation used is the other bound. Default: 3600.
+    pub cache_max_ttl_secs: u64,
 }
 
 impl Default for SpfConfig {
@@ -217,6 +223,8 @@ impl Default for SpfConfig {
             headers: vec![SpfHeader::ReceivedSpf, SpfHeader::AuthenticationResults],
             authserv_id: None,
             timeout_secs: 20,
+            cache_size: 100_000,
+            cache_max_ttl_secs: 3600,
         }
     }
 }

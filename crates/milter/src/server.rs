@@ -5,7 +5,7 @@ use crate::{
     config::{Config, DnsSection},
 };
 use indymilter::Listener;
-use nobounce_core::{dns::TtlAsLookup, spf::LookupVerifier, Engine, SpfVerifier};
+use nobounce_core::{spf_cache::CachingVerifier, Engine, SpfVerifier, SystemClock};
 use nobounce_dns::{DnsConfig, HickoryLookup};
 use std::{
     error::Error,
@@ -49,8 +49,13 @@ impl Resources {
         };
         let lookup = HickoryLookup::new(&dns_config)
             .map_err(|e| SetupError(format!("cannot set up DNS resolver: {e}")))?;
-        let timeout = Duration::from_secs(config.spf.timeout_secs);
-        let spf: Arc<dyn SpfVerifier> = Arc::new(LookupVerifier::new(TtlAsLookup(lookup), timeout));
+        // One cache of SPF answers for all connections; it lives as long as
+        // these resources, so across reloads that keep them.
+        let spf: Arc<dyn SpfVerifier> = Arc::new(CachingVerifier::new(
+            lookup,
+            &config.spf,
+            Arc::new(SystemClock),
+        ));
         Ok(Self {
             dns: config.dns.clone(),
             spf,
@@ -141,12 +146,15 @@ impl Milter {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let resources =
-            if current.dns == config.dns && old.spf.timeout_secs == config.spf.timeout_secs {
-                current
-            } else {
-                Arc::new(Resources::build(&config)?)
-            };
+        let resources = if current.dns == config.dns
+            && old.spf.timeout_secs == config.spf.timeout_secs
+            && old.spf.cache_size == config.spf.cache_size
+            && old.spf.cache_max_ttl_secs == config.spf.cache_max_ttl_secs
+        {
+            current
+        } else {
+            Arc::new(Resources::build(&config)?)
+        };
         let engine = build_engine(&config, &resources);
         *self
             .shared
