@@ -2,8 +2,13 @@
 //! Everything else lives in the library crates.
 
 use clap::{Args, Parser, Subcommand};
-use nobounce_milter::{Config, Milter, SocketSpec};
-use std::{path::PathBuf, process::ExitCode};
+use nobounce_core::{
+    dictionary::rfc3339_utc,
+    store::{from_millis, Ban, StateStore},
+};
+use nobounce_milter::{config::StoreBackend, control, Config, Milter, SocketSpec};
+use nobounce_store_redis::RedisStore;
+use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::SystemTime};
 use tokio::{
     net::{TcpListener, UnixListener},
     signal::unix::{signal, SignalKind},
@@ -28,6 +33,38 @@ enum Command {
     /// Work with configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// List, lift and add client bans (dictionary attacks) in the
+    /// configured store: Redis directly, or the running milter's memory
+    /// through its control socket.
+    Ban(BanArgs),
+}
+
+#[derive(Debug, Args)]
+struct BanArgs {
+    /// Configuration file (TOML), the one the milter runs with.
+    #[arg(short, long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: BanCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BanCommand {
+    /// List active bans.
+    List,
+    /// Lift the ban of a client (and forget its strikes).
+    Lift {
+        /// The client address (IPv6: its network is lifted).
+        ip: IpAddr,
+    },
+    /// Ban a client by hand.
+    Add {
+        /// The client address (IPv6: its network is banned).
+        ip: IpAddr,
+        /// How long: 3600, 30m, 1h, 2d (at most a week).
+        #[arg(long = "for", value_name = "DURATION", default_value = "1h")]
+        duration: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -66,7 +103,106 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(args) => run(args),
+        Command::Ban(args) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("nobounce: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(ban(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("nobounce: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+fn print_ban(b: &Ban) {
+    println!(
+        "{}\tuntil {}\tstrikes {}\t{}",
+        b.key,
+        rfc3339_utc(b.until),
+        b.strikes,
+        b.reason
+    );
+}
+
+async fn ban(args: BanArgs) -> Result<(), String> {
+    let config = match &args.config {
+        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    let prefix = config.dictionary.ipv6_prefix;
+    let now = SystemTime::now();
+    match config.store.backend {
+        StoreBackend::Redis => {
+            let store = RedisStore::new(&config.store.redis).map_err(|e| e.to_string())?;
+            let store: &dyn StateStore = &store;
+            match args.command {
+                BanCommand::List => {
+                    for b in control::list(store, now).await.map_err(|e| e.to_string())? {
+                        print_ban(&b);
+                    }
+                }
+                BanCommand::Lift { ip } => {
+                    let key = control::key_for(ip, prefix);
+                    control::lift(store, &key, now)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    println!("lifted {key}");
+                }
+                BanCommand::Add { ip, duration } => {
+                    let d = control::parse_duration(&duration)?;
+                    let key = control::key_for(ip, prefix);
+                    let until = control::add(store, &key, d, now)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    println!("banned {key} until {}", rfc3339_utc(until));
+                }
+            }
+        }
+        StoreBackend::Memory => {
+            let path = control::socket_path(&config.store.control_socket).ok_or(
+                "the memory store is reached through the control socket, but store.control_socket is empty",
+            )?;
+            match args.command {
+                BanCommand::List => {
+                    for line in control::request(&path, "LIST").await? {
+                        if let Some(b) = control::parse_ban_line(&line) {
+                            print_ban(&b);
+                        }
+                    }
+                }
+                BanCommand::Lift { ip } => {
+                    let key = control::key_for(ip, prefix);
+                    control::request(&path, &format!("LIFT {key}")).await?;
+                    println!("lifted {key}");
+                }
+                BanCommand::Add { ip, duration } => {
+                    let d = control::parse_duration(&duration)?;
+                    let key = control::key_for(ip, prefix);
+                    let reply =
+                        control::request(&path, &format!("ADD {key} {}", d.as_secs())).await?;
+                    let until = reply
+                        .first()
+                        .and_then(|l| l.strip_prefix("OK "))
+                        .and_then(|ms| ms.parse().ok())
+                        .map(from_millis)
+                        .ok_or("unexpected answer from the control socket")?;
+                    println!("banned {key} until {}", rfc3339_utc(until));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Loads the file (if any) and applies the command-line overrides.
@@ -128,6 +264,7 @@ fn run(args: RunArgs) -> ExitCode {
 async fn serve(args: RunArgs, config: Config) -> Result<(), String> {
     let socket = config.socket.clone();
     let milter = Milter::new(config).map_err(|e| e.to_string())?;
+    let control = milter.spawn_control().map_err(|e| e.to_string())?;
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let mut sighup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
@@ -146,7 +283,7 @@ async fn serve(args: RunArgs, config: Config) -> Result<(), String> {
                     }
                     match load(&args) {
                         Ok(c) => {
-                            if let Err(e) = reloader.reload(c) {
+                            if let Err(e) = reloader.reload(c).await {
                                 warn!("SIGHUP: reload failed, keeping the old configuration: {e}");
                             }
                         }
@@ -191,6 +328,12 @@ async fn serve(args: RunArgs, config: Config) -> Result<(), String> {
             let result = milter.serve(listener, shutdown).await;
             let _ = std::fs::remove_file(path);
             result.map_err(|e| e.to_string())?;
+        }
+    }
+    if let Some(task) = control {
+        task.abort();
+        if let Some(path) = control::socket_path(&milter.config().store.control_socket) {
+            let _ = std::fs::remove_file(path);
         }
     }
     info!("nobounce stopped");

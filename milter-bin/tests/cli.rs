@@ -14,7 +14,9 @@ fn bin() -> Command {
 }
 
 fn docs(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs").join(file)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs")
+        .join(file)
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -77,9 +79,16 @@ fn config_check_accepts_the_sample_and_prints_effective_config() {
         .arg(docs("nobounce.toml"))
         .output()
         .expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("socket = \"inet:127.0.0.1:8894\""), "{stdout}");
+    assert!(
+        stdout.contains("socket = \"inet:127.0.0.1:8894\""),
+        "{stdout}"
+    );
     assert!(stdout.contains("[spf]"), "{stdout}");
 }
 
@@ -87,9 +96,16 @@ fn config_check_accepts_the_sample_and_prints_effective_config() {
 fn config_check_names_unknown_key_and_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("bad.toml");
-    std::fs::write(&file, "socket = \"inet:127.0.0.1:8894\"\n\n[spf]\non_fial = \"reject\"\n")
-        .expect("write");
-    let out = bin().args(["config", "check"]).arg(&file).output().expect("runs");
+    std::fs::write(
+        &file,
+        "socket = \"inet:127.0.0.1:8894\"\n\n[spf]\non_fial = \"reject\"\n",
+    )
+    .expect("write");
+    let out = bin()
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .expect("runs");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:4:"), "{err}");
@@ -130,7 +146,12 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_old_config() {
     let file = dir.path().join("nobounce.toml");
     let port = free_port();
     let socket = format!("inet:127.0.0.1:{port}");
-    std::fs::write(&file, format!("socket = \"{socket}\"\n")).expect("write");
+    let control = dir.path().join("control.sock");
+    let base = format!(
+        "socket = \"{socket}\"\n[store]\ncontrol_socket = \"{}\"\n",
+        control.display()
+    );
+    std::fs::write(&file, &base).expect("write");
     let mut child = bin()
         .args(["run", "--config"])
         .arg(&file)
@@ -141,7 +162,7 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_old_config() {
     let rx = stderr_lines(&mut child);
     wait_for_line(&rx, "nobounce listening");
 
-    std::fs::write(&file, format!("socket = \"{socket}\"\ndry_run = true\n")).expect("write");
+    std::fs::write(&file, format!("dry_run = true\n{base}")).expect("write");
     signal(&child, "-HUP");
     wait_for_line(&rx, "configuration reloaded");
 
@@ -164,4 +185,68 @@ fn unknown_socket_syntax_is_a_clear_error() {
         .expect("runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid socket"));
+}
+
+/// Issue 5: `nobounce ban add/list/lift` against the running milter's
+/// in-memory store, through its control socket.
+#[tokio::test(flavor = "multi_thread")]
+async fn ban_commands_reach_the_running_milter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("nobounce.toml");
+    let control = dir.path().join("control.sock");
+    std::fs::write(
+        &file,
+        format!(
+            "socket = \"inet:127.0.0.1:{}\"\n[store]\ncontrol_socket = \"{}\"\n",
+            free_port(),
+            control.display()
+        ),
+    )
+    .expect("write");
+    let mut child = bin()
+        .args(["run", "--config"])
+        .arg(&file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let rx = stderr_lines(&mut child);
+    wait_for_line(&rx, "nobounce listening");
+
+    let ban = |args: &[&str]| {
+        let out = bin()
+            .arg("ban")
+            .args(args)
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(ban(&["list"]), "");
+    let added = ban(&["add", "192.0.2.1", "--for", "1h"]);
+    assert!(added.starts_with("banned 192.0.2.1 until "), "{added}");
+    ban(&["add", "2001:db8:1:2::99", "--for", "30m"]);
+    let listed = ban(&["list"]);
+    assert!(listed.contains("192.0.2.1\tuntil "), "{listed}");
+    assert!(listed.contains("2001:db8:1:2::/64\tuntil "), "{listed}");
+    assert!(ban(&["lift", "192.0.2.1"]).starts_with("lifted 192.0.2.1"));
+    let listed = ban(&["list"]);
+    assert!(!listed.contains("192.0.2.1\t"), "{listed}");
+
+    // A week is the longest ban.
+    let out = bin()
+        .args(["ban", "add", "192.0.2.2", "--for", "30d", "--config"])
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+
+    signal(&child, "-TERM");
+    assert!(child.wait().expect("exits").success());
+    assert!(!control.exists(), "control socket removed at exit");
 }

@@ -5,9 +5,15 @@
 //! line, column and key. `docs/nobounce.toml` documents every key; a test
 //! keeps it in sync with this model.
 
+use nobounce_core::MemoryStore;
 use nobounce_core::{
-    dictionary::DictionaryConfig, recipient::RecipientPolicy, spf::SpfConfig, EngineConfig,
+    dictionary::DictionaryConfig,
+    recipient::{QuotaReply, RecipientPolicy},
+    spf::SpfConfig,
+    EngineConfig,
 };
+use nobounce_recipients::config::{BackendConfig, RecipientsConfig, RouteConfig};
+use nobounce_store_redis::RedisConfig;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::{
     error::Error,
@@ -180,6 +186,109 @@ impl Default for LogSection {
     }
 }
 
+/// `[recipients]`: reply policy plus the directory backends and routes.
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecipientsSection {
+    /// `"452"` (default) or `"552"` for a full mailbox.
+    pub over_quota: QuotaReply,
+    /// Text of `550 5.1.1`. Default: `"No such user here"`.
+    pub unknown_text: String,
+    /// Text of `452 4.2.2` / `552 5.2.2`. Default: `"Mailbox full"`.
+    pub over_quota_text: String,
+    /// Text of `550 5.2.1`. Default:
+    /// `"Mailbox disabled, not accepting messages"`.
+    pub disabled_text: String,
+    /// Named backends, `[recipients.backends.NAME]`. Default: none, and then
+    /// nobounce does not judge recipients at all.
+    pub backends: std::collections::BTreeMap<String, BackendConfig>,
+    /// `[[recipients.routes]]`: which chain of backends serves which domains.
+    pub routes: Vec<RouteConfig>,
+    /// The chain for domains no route lists. Default: `[]` (the MTA decides).
+    pub default_chain: Vec<String>,
+}
+
+impl Default for RecipientsSection {
+    fn default() -> Self {
+        let p = RecipientPolicy::default();
+        Self {
+            over_quota: p.over_quota,
+            unknown_text: p.unknown_text,
+            over_quota_text: p.over_quota_text,
+            disabled_text: p.disabled_text,
+            backends: Default::default(),
+            routes: Vec::new(),
+            default_chain: Vec::new(),
+        }
+    }
+}
+
+impl RecipientsSection {
+    /// The reply policy.
+    pub fn policy(&self) -> RecipientPolicy {
+        RecipientPolicy {
+            over_quota: self.over_quota,
+            unknown_text: self.unknown_text.clone(),
+            over_quota_text: self.over_quota_text.clone(),
+            disabled_text: self.disabled_text.clone(),
+        }
+    }
+
+    /// The backends and routes.
+    pub fn directory_config(&self) -> RecipientsConfig {
+        RecipientsConfig {
+            backends: self.backends.clone(),
+            routes: self.routes.clone(),
+            default_chain: self.default_chain.clone(),
+        }
+    }
+
+    /// `true` if any backend is configured.
+    pub fn has_directory(&self) -> bool {
+        !self.backends.is_empty()
+    }
+}
+
+/// Which state store keeps counters and bans.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Eq, Hash, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// In this process only (one MX host). The default.
+    #[default]
+    Memory,
+    /// Redis, shared by several MX hosts, with a local fallback while Redis
+    /// is unreachable.
+    Redis,
+}
+
+/// `[store]`: where counters and bans live.
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// `"memory"` (default) or `"redis"`. Restart to change.
+    pub backend: StoreBackend,
+    /// Client keys the in-memory store keeps at most (also the local
+    /// fallback of Redis). Default: 65536.
+    pub max_keys: usize,
+    /// The running milter's control socket, used by `nobounce ban ...` with
+    /// the memory store: a unix socket path, created with mode 0600.
+    /// `""` disables it. Default: `"/tmp/nobounce-control.sock"`.
+    pub control_socket: String,
+    /// Redis settings, for `backend = "redis"`.
+    pub redis: RedisConfig,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Memory,
+            max_keys: MemoryStore::DEFAULT_MAX_KEYS,
+            control_socket: "/tmp/nobounce-control.sock".into(),
+            redis: RedisConfig::default(),
+        }
+    }
+}
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -197,10 +306,12 @@ pub struct Config {
     pub dns: DnsSection,
     /// SPF policy.
     pub spf: SpfConfig,
-    /// Recipient policy (replies); backends come with `[recipients.*]`.
-    pub recipients: RecipientPolicy,
+    /// Recipient checks: replies, backends and routes.
+    pub recipients: RecipientsSection,
     /// Dictionary-attack bans.
     pub dictionary: DictionaryConfig,
+    /// Shared state: counters and bans.
+    pub store: StoreSection,
 }
 
 /// A configuration that could not be read or is invalid.
@@ -279,7 +390,7 @@ impl Config {
         EngineConfig {
             dry_run: self.dry_run,
             spf: self.spf.clone(),
-            recipients: self.recipients.clone(),
+            recipients: self.recipients.policy(),
             dictionary: self.dictionary.clone(),
         }
     }
@@ -311,6 +422,31 @@ impl Config {
                 return Err(ConfigError::new(format!(
                     "{}: spf.authserv_id {id:?} must be a non-empty token without spaces or ';'",
                     at("authserv_id")
+                )));
+            }
+        }
+        if self.store.max_keys == 0 {
+            return Err(ConfigError::new(format!(
+                "{}: store.max_keys must be at least 1",
+                at("max_keys")
+            )));
+        }
+        if self.store.backend == StoreBackend::Redis {
+            if !(self.store.redis.url.starts_with("redis://")
+                || self.store.redis.url.starts_with("rediss://")
+                || self.store.redis.url.starts_with("redis+unix://")
+                || self.store.redis.url.starts_with("unix://"))
+            {
+                return Err(ConfigError::new(format!(
+                    "{}: store.redis.url {:?} must start with redis://, rediss:// or redis+unix://",
+                    at("url"),
+                    self.store.redis.url
+                )));
+            }
+            if self.store.redis.timeout_ms == 0 {
+                return Err(ConfigError::new(format!(
+                    "{}: store.redis.timeout_ms must be at least 1",
+                    at("timeout_ms")
                 )));
             }
         }

@@ -9,10 +9,12 @@
 //! - [`config`]: the TOML configuration file model, with line numbers in
 //!   errors.
 //! - [`callbacks`]: indymilter callbacks and [`callbacks::apply_verdict`].
+//! - [`control`]: ban administration and the local control socket.
 //! - [`server`]: [`Milter`] (shared state, reload) and [`run`].
 
 pub mod callbacks;
 pub mod config;
+pub mod control;
 pub mod server;
 
 pub use crate::{

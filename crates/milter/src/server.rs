@@ -2,11 +2,17 @@
 
 use crate::{
     callbacks::{self, Conn},
-    config::{Config, DnsSection},
+    config::{Config, DnsSection, StoreBackend},
+    control,
 };
 use indymilter::Listener;
-use nobounce_core::{spf_cache::CachingVerifier, Engine, SpfVerifier, SystemClock};
+use nobounce_core::{
+    spf_cache::CachingVerifier, Engine, MemoryStore, SpfVerifier, StateStore, SystemClock,
+};
 use nobounce_dns::{DnsConfig, HickoryLookup};
+use nobounce_recipients::config::{build_with_reload, Recipients};
+use nobounce_store_redis::{FallbackStore, RedisStore};
+use std::num::NonZeroUsize;
 use std::{
     error::Error,
     fmt::{self, Display, Formatter},
@@ -71,6 +77,11 @@ pub(crate) struct Shared {
     engine: RwLock<Engine>,
     resources: RwLock<Arc<Resources>>,
     config: RwLock<Config>,
+    /// Counters and bans; one for the life of the process, so a reload
+    /// keeps them.
+    store: Arc<dyn StateStore>,
+    /// The recipient directory, if backends are configured.
+    recipients: RwLock<Option<Arc<Recipients>>>,
 }
 
 impl Shared {
@@ -84,35 +95,83 @@ impl Shared {
     }
 }
 
-fn build_engine(config: &Config, resources: &Resources) -> Engine {
-    Engine::builder(config.engine_config())
+fn build_engine(
+    config: &Config,
+    resources: &Resources,
+    store: &Arc<dyn StateStore>,
+    recipients: Option<&Recipients>,
+) -> Engine {
+    let mut builder = Engine::builder(config.engine_config())
         .spf_verifier(resources.spf.clone())
-        .build()
+        .store(store.clone());
+    if let Some(r) = recipients {
+        builder = builder.directory(r.directory.clone());
+    }
+    builder.build()
+}
+
+/// The state store of `config`, and the memory store to purge now and then.
+fn build_store(config: &Config) -> Result<(Arc<dyn StateStore>, MemoryStore), SetupError> {
+    let max_keys = NonZeroUsize::new(config.store.max_keys)
+        .ok_or_else(|| SetupError("store.max_keys must be at least 1".into()))?;
+    let memory = MemoryStore::new(max_keys);
+    Ok(match config.store.backend {
+        StoreBackend::Memory => (Arc::new(memory.clone()), memory),
+        StoreBackend::Redis => {
+            let redis = RedisStore::new(&config.store.redis)
+                .map_err(|e| SetupError(format!("cannot set up Redis store: {e}")))?;
+            info!(url = %config.store.redis.url, "state shared through Redis");
+            let store =
+                FallbackStore::new(redis, memory.clone(), config.store.redis.retry_interval());
+            (Arc::new(store), memory)
+        }
+    })
+}
+
+fn build_recipients(config: &Config) -> Result<Option<Arc<Recipients>>, SetupError> {
+    if !config.recipients.has_directory() {
+        return Ok(None);
+    }
+    build_with_reload(&config.recipients.directory_config())
+        .map(|r| Some(Arc::new(r)))
+        .map_err(|e| SetupError(e.to_string()))
 }
 
 /// A milter built from a configuration, ready to serve and to reload.
 #[derive(Clone, Debug)]
 pub struct Milter {
     shared: Arc<Shared>,
+    /// The in-memory store (or Redis's local fallback): purged now and then.
+    memory: Option<MemoryStore>,
 }
 
 impl Milter {
     /// Sets up the milter (DNS resolver, backends) from `config`.
     pub fn new(config: Config) -> Result<Self, SetupError> {
         let resources = Arc::new(Resources::build(&config)?);
-        let engine = build_engine(&config, &resources);
+        let recipients = build_recipients(&config)?;
+        let (store, memory) = build_store(&config)?;
+        let engine = build_engine(&config, &resources, &store, recipients.as_deref());
         Ok(Self {
             shared: Arc::new(Shared {
                 engine: RwLock::new(engine),
                 resources: RwLock::new(resources),
                 config: RwLock::new(config),
+                store,
+                recipients: RwLock::new(recipients),
             }),
+            memory: Some(memory),
         })
     }
 
     /// The engine of the current configuration.
     pub fn engine(&self) -> Engine {
         self.shared.engine()
+    }
+
+    /// The shared state store (counters and bans).
+    pub fn store(&self) -> Arc<dyn StateStore> {
+        self.shared.store.clone()
     }
 
     /// The current configuration.
@@ -128,7 +187,10 @@ impl Milter {
     /// open keep the configuration they started with. Settings that need a
     /// restart are logged and otherwise ignored. On error the old
     /// configuration stays.
-    pub fn reload(&self, config: Config) -> Result<(), SetupError> {
+    ///
+    /// Map files of the recipient directory are re-read and its answer
+    /// caches cleared even when the configuration is unchanged.
+    pub async fn reload(&self, config: Config) -> Result<(), SetupError> {
         let old = self.config();
         if old.socket != config.socket {
             warn!(
@@ -136,6 +198,9 @@ impl Milter {
                 new = %config.socket,
                 "socket changed: restart needed, still listening on the old socket"
             );
+        }
+        if old.store != config.store {
+            warn!("[store] settings changed: restart needed to apply them");
         }
         if old.milter != config.milter {
             warn!("[milter] settings changed: restart needed to apply them");
@@ -155,7 +220,35 @@ impl Milter {
         } else {
             Arc::new(Resources::build(&config)?)
         };
-        let engine = build_engine(&config, &resources);
+        let current_recipients = self
+            .shared
+            .recipients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let recipients = match current_recipients {
+            Some(r)
+                if old.recipients.directory_config() == config.recipients.directory_config() =>
+            {
+                let errors = r.reload.reload().await;
+                if let Some(e) = errors.into_iter().next() {
+                    return Err(SetupError(e.to_string()));
+                }
+                Some(r)
+            }
+            _ => build_recipients(&config)?,
+        };
+        let engine = build_engine(
+            &config,
+            &resources,
+            &self.shared.store,
+            recipients.as_deref(),
+        );
+        *self
+            .shared
+            .recipients
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = recipients;
         *self
             .shared
             .resources
@@ -191,7 +284,38 @@ impl Milter {
         L: Listener,
     {
         let callbacks: indymilter::Callbacks<Conn> = callbacks::callbacks(self.shared.clone());
-        indymilter::run(listener, callbacks, self.indymilter_config(), shutdown).await
+        let purger = self.memory.clone().map(|memory| {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    memory.purge(std::time::SystemTime::now());
+                }
+            })
+        });
+        let result = indymilter::run(listener, callbacks, self.indymilter_config(), shutdown).await;
+        if let Some(p) = purger {
+            p.abort();
+        }
+        result
+    }
+
+    /// Serves the local control socket for `nobounce ban ...` at the
+    /// configured path, until the returned task is aborted. `None` when the
+    /// control socket is disabled.
+    pub fn spawn_control(&self) -> Result<Option<tokio::task::JoinHandle<()>>, SetupError> {
+        let config = self.config();
+        let Some(path) = control::socket_path(&config.store.control_socket) else {
+            return Ok(None);
+        };
+        let listener = control::bind(&path).map_err(|e| {
+            SetupError(format!(
+                "cannot listen on control socket {}: {e}",
+                path.display()
+            ))
+        })?;
+        info!(path = %path.display(), "control socket listening");
+        Ok(Some(tokio::spawn(control::serve(listener, self.store()))))
     }
 
     /// Serves a TCP listener, with `TCP_NODELAY` on every connection.

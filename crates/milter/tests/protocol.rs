@@ -326,7 +326,7 @@ async fn dry_run_refuses_nothing() {
     let m = start(&dns, "").await;
     let mut config = m.milter.config();
     config.dry_run = true;
-    m.milter.reload(config).expect("reload");
+    m.milter.reload(config).await.expect("reload");
     let mut conn = open(m.addr, "client.example").await;
     assert_eq!(
         conn.mail(["<joe@fail.test>"]).await.unwrap(),
@@ -343,7 +343,7 @@ async fn reload_applies_to_new_connections_only() {
     let mut old = open(m.addr, "client.example").await;
     let mut config = m.milter.config();
     config.spf.on_fail = nobounce_core::SpfAction::Accept;
-    m.milter.reload(config).expect("reload");
+    m.milter.reload(config).await.expect("reload");
     // The open connection keeps the configuration it started with.
     assert!(matches!(
         old.mail(["<joe@fail.test>"]).await.unwrap(),
@@ -356,5 +356,49 @@ async fn reload_applies_to_new_connections_only() {
     );
     old.close().await.unwrap();
     new.close().await.unwrap();
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn map_file_recipients_are_judged_at_rcpt_and_reloaded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let map = dir.path().join("recipients");
+    std::fs::write(&map, "alice@local.test\nold@local.test retired\n").unwrap();
+    let dns = dns().await;
+    let extra = format!(
+        "[recipients]\ndefault_chain = [\"users\"]\n[recipients.backends.users]\ntype = \"map_file\"\npath = \"{}\"\nwatch_interval = \"0s\"\n",
+        map.display()
+    );
+    let m = start(&dns, &extra).await;
+    let mut conn = open(m.addr, "mx.pass.test").await;
+    assert_eq!(
+        conn.mail(["<joe@pass.test>"]).await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.rcpt(["<alice@local.test>"]).await.unwrap(),
+        Status::Continue
+    );
+    let st = conn.rcpt(["<bob@local.test>"]).await.unwrap();
+    assert!(reply_text(&st).starts_with("550 5.1.1 "), "{st:?}");
+    let st = conn.rcpt(["<old@local.test>"]).await.unwrap();
+    assert!(reply_text(&st).starts_with("550 5.2.1 "), "{st:?}");
+    // Other domains are left to the MTA.
+    assert_eq!(
+        conn.rcpt(["<x@elsewhere.test>"]).await.unwrap(),
+        Status::Continue
+    );
+    conn.close().await.unwrap();
+
+    // SIGHUP (reload) re-reads the map.
+    std::fs::write(&map, "alice@local.test\nbob@local.test\n").unwrap();
+    m.milter.reload(m.milter.config()).await.expect("reload");
+    let mut conn = open(m.addr, "mx.pass.test").await;
+    conn.mail(["<joe@pass.test>"]).await.unwrap();
+    assert_eq!(
+        conn.rcpt(["<bob@local.test>"]).await.unwrap(),
+        Status::Continue
+    );
+    conn.close().await.unwrap();
     m.stop().await;
 }

@@ -6,7 +6,7 @@ use nobounce_core::store::{
     MAX_DISTINCT_MEMBERS,
 };
 use redis::{aio::ConnectionManager, Client, Script};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::{
     fmt::{self, Debug, Formatter},
     future::Future,
@@ -16,7 +16,7 @@ use std::{
 use tokio::sync::OnceCell;
 
 /// Settings of the Redis store (`[store.redis]` in the configuration file).
-#[derive(Clone, Debug, Deserialize, Eq, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// Where Redis is: `redis://[:PASSWORD@]HOST[:PORT][/DB]` or
