@@ -50,9 +50,10 @@ fn sample_config_equals_the_defaults() {
 fn sample_config_documents_every_key() {
     let text = docs("nobounce.toml");
     // Optional keys without default (authserv_id) appear commented out.
-    for key in ["authserv_id"] {
-        assert!(text.contains(&format!("# {key} =")), "{key} not documented");
-    }
+    assert!(
+        text.contains("# authserv_id ="),
+        "authserv_id not documented"
+    );
     for (table, key) in default_keys() {
         let assigned = text.lines().any(|l| {
             l.trim_start()
