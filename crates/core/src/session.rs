@@ -338,6 +338,7 @@ impl Session {
             target: "nobounce::spf",
             queue_id = self.msg.queue_id.as_deref().unwrap_or("-"),
             client_ip = %display_ip(self.conn.client_ip),
+            stage = Stage::MailFrom.as_str(),
             identity = outcome.identity.as_str(),
             sender = %outcome.sender,
             result = spf::result_name(&outcome.answer.result),
