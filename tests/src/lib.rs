@@ -13,6 +13,8 @@
 //! - [`free_port`], [`bind_loopback`]: loopback ports.
 //! - [`PostfixInstance`] / [`PostfixBuilder`]: a private Postfix with its own
 //!   `config_directory`, `queue_directory`, `data_directory` and log file.
+//! - [`RedisInstance`]: a private `redis-server` (no persistence) that can be
+//!   stopped and restarted on the same port.
 //! - [`SmtpSink`]: a tiny SMTP/LMTP server that stores what Postfix relays,
 //!   including bounces (`MAIL FROM:<>`).
 //! - [`SmtpClient`]: a minimal SMTP client returning every [`Reply`] so tests
@@ -82,6 +84,7 @@ mod client;
 mod message;
 mod net;
 mod postfix;
+mod redis;
 mod require;
 mod sink;
 mod task;
@@ -91,6 +94,7 @@ pub use client::{SmtpClient, Transaction, DEFAULT_COMMAND_TIMEOUT};
 pub use message::{header_value, parse_headers, MessageBuilder};
 pub use net::{bind_loopback, free_port, LOOPBACK};
 pub use postfix::{PostfixBuilder, PostfixInstance, QueuedMessage, QueuedRecipient, MYHOSTNAME};
+pub use redis::RedisInstance;
 pub use require::{e2e_required, find_binary, require_binaries, E2E_ENV};
 pub use sink::{ReceivedMessage, SinkBuilder, SmtpSink};
 pub use task::{Background, ShutdownSignal};
