@@ -81,6 +81,7 @@
 //! ```
 
 mod client;
+mod dovecot;
 mod message;
 mod net;
 mod postfix;
@@ -91,6 +92,7 @@ mod task;
 mod wait;
 
 pub use client::{SmtpClient, Transaction, DEFAULT_COMMAND_TIMEOUT};
+pub use dovecot::{DovecotBuilder, DovecotInstance, DEFAULT_QUOTA, QUOTA_GRACE_PERCENT};
 pub use message::{header_value, parse_headers, MessageBuilder};
 pub use net::{bind_loopback, free_port, LOOPBACK};
 pub use postfix::{PostfixBuilder, PostfixInstance, QueuedMessage, QueuedRecipient, MYHOSTNAME};
