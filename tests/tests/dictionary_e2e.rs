@@ -23,7 +23,7 @@ use nobounce_core::store::StateStore;
 use nobounce_dns::test_server::{TestDnsServer, TestRecord};
 use nobounce_e2e::{
     bind_loopback, poll_until, require, Background, MessageBuilder, PostfixInstance, RedisInstance,
-    Reply, SmtpClient, SmtpSink, DEFAULT_TIMEOUT, MYHOSTNAME,
+    Reply, SmtpClient, SmtpSink, DEFAULT_TIMEOUT,
 };
 use nobounce_milter::{control, Config, Milter};
 use nobounce_store_redis::{RedisConfig, RedisStore};
@@ -257,25 +257,27 @@ async fn refusal(host: &Host, client: IpAddr) -> Option<Refusal> {
     Some(Refusal { at, reply, hung_up })
 }
 
-/// What a banned client sees from Postfix at connect.
+/// What a banned client sees: Postfix's 220 greeting, then nobounce's ban
+/// as the reply to EHLO, `421 4.7.0 <client> banned until <UTC>Z:
+/// <reason>`, and Postfix hangs up.
 ///
-/// nobounce answers the milter CONNECT event with its ban (`421 4.7.0
-/// <client> banned until <UTC>Z: <reason>`, a tempfail), and Postfix's
-/// smtpd turns any milter 421 at CONNECT into its own greeting `421
-/// <myhostname> Service unavailable - try again later` and hangs up: the
-/// milter's text only reaches Postfix's log (`milter-reject: CONNECT ...`).
-/// (A 421 at a later stage, RCPT for example, reaches the client as is.)
+/// nobounce tells a ban at the client's first command rather than at the
+/// milter CONNECT event, because Postfix's smtpd turns any milter 421 at
+/// CONNECT into its own `421 <myhostname> Service unavailable` greeting and
+/// the client would never see why, nor until when.
 #[track_caller]
 fn assert_refused_at_connect(refusal: &Refusal, host: &Host, client: IpAddr) {
     assert_eq!(
         (refusal.at, refusal.reply.code),
-        ("greeting", 421),
-        "{client} on host {}: expected Postfix's 421 greeting (never a 5xx): {refusal:?}",
+        ("EHLO", 421),
+        "{client} on host {}: expected nobounce's 421 at EHLO (never a 5xx): {refusal:?}",
         host.name
     );
-    assert_eq!(
-        refusal.reply.text(),
-        format!("{MYHOSTNAME} Service unavailable - try again later"),
+    assert!(
+        refusal
+            .reply
+            .text()
+            .starts_with(&format!("4.7.0 {client} banned until ")),
         "{refusal:?}"
     );
     assert!(
@@ -308,18 +310,18 @@ fn assert_ban(reply: &Reply, client: IpAddr, reason: &str) -> String {
     until.to_owned()
 }
 
-/// Postfix's log line prefix of nobounce's verdicts at CONNECT for `client`.
+/// Postfix's log line prefix of nobounce's verdicts at EHLO for `client`.
 fn connect_reject_marker(client: IpAddr) -> String {
-    format!("milter-reject: CONNECT from unknown[{client}]: ")
+    format!("milter-reject: EHLO from unknown[{client}]: ")
 }
 
-/// nobounce's reply in the `index`-th CONNECT reject of `client` that
+/// nobounce's reply in the `index`-th EHLO reject of `client` that
 /// `host`'s Postfix logged, waiting for it to be logged.
 async fn logged_connect_reply(host: &Host, client: IpAddr, index: usize) -> Reply {
     let marker = connect_reject_marker(client);
     let line = poll_until(
         &format!(
-            "CONNECT reject #{index} of {client} in host {}'s log",
+            "EHLO reject #{index} of {client} in host {}'s log",
             host.name
         ),
         DEFAULT_TIMEOUT,
@@ -349,9 +351,9 @@ async fn logged_connect_reply(host: &Host, client: IpAddr, index: usize) -> Repl
     }
 }
 
-/// Asserts that `client` is banned on `host` for `reason`: refused at
-/// connect with 421 (see [`assert_refused_at_connect`]), and nobounce's
-/// reply, as Postfix logged it, is the ban. Returns the end of the ban as
+/// Asserts that `client` is banned on `host` for `reason`: refused at EHLO
+/// with 421 (see [`assert_refused_at_connect`]), the reply the client got
+/// is the ban, and Postfix logged the same. Returns the end of the ban as
 /// written.
 async fn assert_banned(host: &Host, client: IpAddr, reason: &str) -> String {
     let seen = host
@@ -362,11 +364,16 @@ async fn assert_banned(host: &Host, client: IpAddr, reason: &str) -> String {
         .await
         .unwrap_or_else(|| panic!("{client} is not banned on host {}", host.name));
     assert_refused_at_connect(&refused, host, client);
-    assert_ban(
-        &logged_connect_reply(host, client, seen).await,
-        client,
-        reason,
-    )
+    let until = assert_ban(&refused.reply, client, reason);
+    assert_eq!(
+        assert_ban(
+            &logged_connect_reply(host, client, seen).await,
+            client,
+            reason
+        ),
+        until
+    );
+    until
 }
 
 /// Sends one message from `client` through `host` to `KNOWN`; asserts that

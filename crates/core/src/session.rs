@@ -114,8 +114,19 @@ impl Session {
             ..Default::default()
         };
         self.msg = Message::default();
+        // A banned client is told at its first command (HELO/EHLO, or MAIL
+        // without HELO), not at connect: Postfix replaces the text of a
+        // milter's 421 at connect by its own "Service unavailable", so the
+        // client would never learn why, nor until when.
         let verdict = self.check_ban().await;
-        self.finish(Stage::Connect, verdict)
+        if verdict.is_refusal() {
+            debug!(
+                client_ip = %display_ip(client_ip),
+                "client banned: refusing at its first command"
+            );
+            self.conn.banned = Some(verdict);
+        }
+        Verdict::Continue
     }
 
     /// `true` if the dictionary policy leaves this client alone.
@@ -174,6 +185,9 @@ impl Session {
     /// HELO or EHLO with `helo`.
     pub async fn helo(&mut self, helo: &str) -> Verdict {
         self.conn.helo = Some(helo.trim().to_owned());
+        if let Some(banned) = self.conn.banned.clone() {
+            return self.finish(Stage::Helo, banned);
+        }
         Verdict::Continue
     }
 

@@ -91,12 +91,15 @@ fn code(v: &Verdict) -> String {
 
 const ATTACKER: &str = "198.51.100.7";
 
+/// Connects and says HELO; returns the session and the verdict at HELO (a
+/// ban is told at the first command, see `Session::connect`).
 async fn session_from(engine: &Engine, ip: &str) -> (nobounce_core::Session, Verdict) {
     let mut s = engine.session();
     let v = s
         .connect(ip.parse().ok(), "client.test", Some("mx.local.test"))
         .await;
-    s.helo("client.test").await;
+    assert_eq!(v, Verdict::Continue, "connect itself never refuses");
+    let v = s.helo("client.test").await;
     (s, v)
 }
 
@@ -154,8 +157,8 @@ async fn ten_distinct_unknown_recipients_ban_the_client_for_an_hour() {
     let v = s.rcpt_to("<alice@local.test>", &[]).await;
     assert!(matches!(v, Verdict::Disconnect { .. }), "{v:?}");
 
-    // A new connection is refused at connect with 421 4.7.0 and the end of
-    // the ban in UTC.
+    // A new connection is refused at its first command with 421 4.7.0 and
+    // the end of the ban in UTC.
     let (_, v) = session_from(&e, ATTACKER).await;
     let text = code(&v);
     assert!(matches!(v, Verdict::Disconnect { .. }));
