@@ -74,3 +74,23 @@ fn man_page_documents_every_key() {
         );
     }
 }
+
+/// Every ```toml block of the README is a valid configuration.
+#[test]
+fn readme_config_examples_parse() {
+    let readme = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../README.md"),
+    )
+    .expect("README.md");
+    let mut blocks = 0;
+    let mut rest = readme.as_str();
+    while let Some(start) = rest.find("```toml\n") {
+        let body = &rest[start + 8..];
+        let end = body.find("```").expect("closed code block");
+        Config::from_toml_str_named(&body[..end], "README.md")
+            .unwrap_or_else(|e| panic!("README toml block {}: {e}", blocks + 1));
+        blocks += 1;
+        rest = &body[end..];
+    }
+    assert!(blocks >= 1, "README has no toml example");
+}
