@@ -15,10 +15,13 @@
 //!   sender domains, client IPs from documentation ranges).
 //! - [`run_load`] / [`run_hold`]: the measurements; [`report`]: results.
 //! - [`noop`]: the no-op reference milter.
+//! - [`dns`]: the SPF records of the generated sender domains on a loopback
+//!   DNS server, optionally slowed down (binary `bench-dns`).
 //!
 //! The binaries `milter-loadgen` and `noop-milter` only parse arguments and
 //! call into this library, so tests run both in-process.
 
+pub mod dns;
 pub mod load;
 pub mod noop;
 pub mod report;

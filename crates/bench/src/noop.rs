@@ -1,7 +1,7 @@
 //! A milter that does nothing, on indymilter: the floor of what a milter
 //! on this library can do per transaction, to compare real milters against.
 
-use indymilter::{Callbacks, Config, Listener, Status};
+use indymilter::{Actions, Callbacks, Config, ContextActions, Listener, Status};
 use std::{
     future::Future,
     io,
@@ -27,6 +27,11 @@ pub struct NoopConfig {
     pub nodelay: bool,
     /// indymilter's idle timeout per connection. Default 7210 s (libmilter's).
     pub connection_timeout: Duration,
+    /// Headers inserted at end of message (`X-Noop-1: 1`, ...), so that the
+    /// floor does the same protocol work as a milter that adds headers
+    /// (each is one more message to the MTA). Only with `callbacks`.
+    /// Default 0.
+    pub insert_headers: usize,
 }
 
 impl Default for NoopConfig {
@@ -36,6 +41,7 @@ impl Default for NoopConfig {
             callbacks: true,
             nodelay: true,
             connection_timeout: Config::default().connection_timeout,
+            insert_headers: 0,
         }
     }
 }
@@ -70,8 +76,9 @@ impl Listener for NoDelayListener {
     }
 }
 
-/// Callbacks that answer `Continue` at every stage.
-fn continue_everywhere() -> Callbacks<()> {
+/// Callbacks that answer `Continue` at every stage, inserting
+/// `insert_headers` headers at end of message.
+fn continue_everywhere(insert_headers: usize) -> Callbacks<()> {
     Callbacks::new()
         .on_connect(|_, _, _| Box::pin(async { Status::Continue }))
         .on_helo(|_, _| Box::pin(async { Status::Continue }))
@@ -81,7 +88,17 @@ fn continue_everywhere() -> Callbacks<()> {
         .on_header(|_, _, _| Box::pin(async { Status::Continue }))
         .on_eoh(|_| Box::pin(async { Status::Continue }))
         .on_body(|_, _| Box::pin(async { Status::Continue }))
-        .on_eom(|_| Box::pin(async { Status::Continue }))
+        .on_eom(move |ctx| {
+            Box::pin(async move {
+                for i in 1..=insert_headers {
+                    let name = format!("X-Noop-{i}");
+                    if let Err(e) = ctx.actions.insert_header(0, name, i.to_string()).await {
+                        warn!(error = %e, "cannot insert header");
+                    }
+                }
+                Status::Continue
+            })
+        })
         .on_abort(|_| Box::pin(async { Status::Continue }))
 }
 
@@ -96,14 +113,19 @@ pub async fn run_noop_milter(
     shutdown: impl Future,
 ) -> io::Result<()> {
     let callbacks = if config.callbacks {
-        continue_everywhere()
+        continue_everywhere(config.insert_headers)
     } else {
         Callbacks::new()
     };
+    let actions = if config.callbacks && config.insert_headers > 0 {
+        Actions::ADD_HEADER
+    } else {
+        Actions::empty()
+    };
     let milter_config = Config {
         max_connections: config.max_connections,
+        actions,
         connection_timeout: config.connection_timeout,
-        ..Config::default()
     };
     indymilter::run(
         NoDelayListener::new(listener, config.nodelay),

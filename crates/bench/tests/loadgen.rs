@@ -112,6 +112,31 @@ async fn milter_without_callbacks_is_skipped_to_end_of_message() {
     milter.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noop_milter_can_insert_headers_like_a_real_milter() {
+    let milter = start_noop(NoopConfig {
+        insert_headers: 2,
+        ..NoopConfig::default()
+    })
+    .await;
+    let config = LoadConfig {
+        concurrency: 2,
+        transactions: 50,
+        messages_per_connection: 5,
+        workload: Workload {
+            headers: true,
+            ..Workload::default()
+        },
+        ..LoadConfig::new(milter.target.clone())
+    };
+    let report = run_load(&config).await;
+
+    assert_eq!(report.errors, BTreeMap::new());
+    assert_eq!(report.statuses, counts(&[("continue", 50)]));
+    assert_eq!(report.modifications, counts(&[("insert_header", 100)]));
+    milter.stop().await;
+}
+
 /// What the scripted milter decided, counted on its side.
 #[derive(Default)]
 struct Decisions {

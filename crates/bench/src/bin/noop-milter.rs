@@ -23,6 +23,10 @@ struct Args {
     /// Leave TCP_NODELAY off on accepted connections.
     #[arg(long)]
     no_nodelay: bool,
+    /// Insert N headers at end of message (the work of a milter that adds
+    /// headers, e.g. Received-SPF and Authentication-Results: N = 2).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    insert_headers: usize,
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -45,6 +49,7 @@ async fn serve(args: Args) -> Result<(), String> {
         max_connections: args.max_connections,
         callbacks: !args.no_callbacks,
         nodelay: !args.no_nodelay,
+        insert_headers: args.insert_headers,
         ..NoopConfig::default()
     };
     run_noop_milter(listener, config, shutdown)
