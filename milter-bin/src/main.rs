@@ -220,16 +220,25 @@ fn load(args: &RunArgs) -> Result<Config, String> {
     Ok(config)
 }
 
-fn init_logging(level: &str) {
+/// Sets up logging to stderr. Lines are formatted on the calling thread and
+/// written by a background thread through a buffer, so a busy milter does
+/// not pay a write system call per log line; nothing is dropped (the
+/// channel blocks when full). The guard flushes what is left at exit.
+fn init_logging(level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     // The default timer prints RFC 3339 timestamps in UTC.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(writer)
+        .with_ansi(ansi)
         .init();
+    guard
 }
 
 fn run(args: RunArgs) -> ExitCode {
@@ -240,7 +249,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_logging(&config.log.level);
+    let _log_guard = init_logging(&config.log.level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

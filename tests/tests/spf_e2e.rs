@@ -30,7 +30,8 @@ async fn site() -> Site {
     .expect("DNS server");
     let config = nobounce_milter::Config::from_toml_str(&format!(
         "[dns]\nnameservers = [\"{}\"]\ntimeout_secs = 1\nattempts = 1\n\
-         [spf]\ntrusted_networks = []\ntimeout_secs = 3\n",
+         [spf]\ntrusted_networks = []\ntimeout_secs = 3\n\
+         headers = [\"Received-SPF\", \"Authentication-Results\"]\n",
         dns.addr()
     ))
     .expect("config");

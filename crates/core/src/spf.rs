@@ -188,7 +188,9 @@ pub struct SpfConfig {
     pub on_permerror: SpfAction,
     /// Action for `temperror`. Default: `tempfail` (`451 4.7.24`).
     pub on_temperror: SpfAction,
-    /// Headers added at end of message. Default: both.
+    /// Headers added at end of message. Default: `Received-SPF` only (RFC
+    /// 7208 §9.1); add `Authentication-Results` (RFC 8601) if your filters
+    /// read it. Each header is one more message to the MTA per mail.
     pub headers: Vec<SpfHeader>,
     /// The authserv-id of `Authentication-Results`; incoming headers with
     /// this id are removed as forged. Default: the MTA's host name (`j`).
@@ -220,7 +222,7 @@ impl Default for SpfConfig {
             on_none: SpfAction::Accept,
             on_permerror: SpfAction::Reject,
             on_temperror: SpfAction::Tempfail,
-            headers: vec![SpfHeader::ReceivedSpf, SpfHeader::AuthenticationResults],
+            headers: vec![SpfHeader::ReceivedSpf],
             authserv_id: None,
             timeout_secs: 20,
             cache_size: 100_000,

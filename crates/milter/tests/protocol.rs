@@ -143,7 +143,11 @@ async fn spf_fail_is_rejected_at_mail_from_with_5_7_23() {
 #[tokio::test]
 async fn spf_pass_gets_headers_at_end_of_message() {
     let dns = dns().await;
-    let m = start(&dns, "").await;
+    let m = start(
+        &dns,
+        "headers = [\"Received-SPF\", \"Authentication-Results\"]\n",
+    )
+    .await;
     let mut conn = open(m.addr, "mx.pass.test").await;
     assert_eq!(
         conn.mail(["<joe@pass.test>", "SIZE=100"]).await.unwrap(),
