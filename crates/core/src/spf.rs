@@ -197,7 +197,7 @@ pub struct SpfConfig {
     pub authserv_id: Option<String>,
     /// Upper bound on one SPF evaluation, in seconds. Default: 20.
     pub timeout_secs: u64,
-    /// How many SPF answers the shared cache keeps (about 300 bytes each, see
+    /// How many SPF answers the shared cache keeps (about 340 bytes each, see
     /// [`crate::spf_cache`]); `0` disables caching. Default: 100000.
     pub cache_size: usize,
     /// Upper bound on how long a cached answer is kept, in seconds; the

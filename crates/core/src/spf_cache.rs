@@ -45,13 +45,15 @@
 //! # Size
 //!
 //! The cache holds at most [`CacheSettings::capacity`] entries and evicts the
-//! least recently used. One entry takes about **300 bytes** for a typical
-//! request: about 180 bytes fixed (key with IP and two string pointers,
+//! least recently used. One entry takes about **340 bytes** for a typical
+//! request (334 measured with 1,000,000 entries, docs/PERFORMANCE.md item
+//! c): about 180 bytes fixed (key with IP and two string pointers,
 //! answer, timestamps, the LRU node's links and hash table slot; checked by a
 //! unit test) plus the heap strings: sender (`user@example.org`, ~25
 //! bytes), HELO (~20), cause text (`matched ip4:192.0.2.0/24`, ~25), an
 //! explanation when a `fail` came with one, and allocator overhead (~16 bytes
-//! each). 100 000 entries, the default, take about 30 MB; of that, the hash
+//! each); at large capacities the hash table's slots add ~36 bytes per
+//! entry. 100 000 entries, the default, take about 34 MB; of that, the hash
 //! table (about 2 MB at the default) is allocated up front.
 //!
 //! # Single-flight
