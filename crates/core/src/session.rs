@@ -400,7 +400,7 @@ impl Session {
         let address = EnvelopeAddress::parse(recipient).to_string();
         let unknown = status.is_some_and(|s| {
             let s = s.trim();
-            s.len() >= 5 && matches!(&s[1..], ".1.1" | ".1.0")
+            matches!(s.as_bytes(), [b'4' | b'5', b'.', b'1', b'.', b'0' | b'1'])
         });
         debug!(
             client_ip = %display_ip(self.conn.client_ip),

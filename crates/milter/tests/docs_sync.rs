@@ -78,10 +78,9 @@ fn man_page_documents_every_key() {
 /// Every ```toml block of the README is a valid configuration.
 #[test]
 fn readme_config_examples_parse() {
-    let readme = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../README.md"),
-    )
-    .expect("README.md");
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .expect("README.md");
     let mut blocks = 0;
     let mut rest = readme.as_str();
     while let Some(start) = rest.find("```toml\n") {
