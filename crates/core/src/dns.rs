@@ -55,6 +55,26 @@ pub trait TtlLookup: Send + Sync + Debug {
     async fn lookup_ptr(&self, ip: IpAddr) -> TtlResult<Name>;
 }
 
+/// A shared lookup is a lookup.
+#[async_trait]
+impl<L: TtlLookup + ?Sized> TtlLookup for std::sync::Arc<L> {
+    async fn lookup_a(&self, name: &Name) -> TtlResult<Ipv4Addr> {
+        (**self).lookup_a(name).await
+    }
+    async fn lookup_aaaa(&self, name: &Name) -> TtlResult<Ipv6Addr> {
+        (**self).lookup_aaaa(name).await
+    }
+    async fn lookup_mx(&self, name: &Name) -> TtlResult<Name> {
+        (**self).lookup_mx(name).await
+    }
+    async fn lookup_txt(&self, name: &Name) -> TtlResult<String> {
+        (**self).lookup_txt(name).await
+    }
+    async fn lookup_ptr(&self, ip: IpAddr) -> TtlResult<Name> {
+        (**self).lookup_ptr(ip).await
+    }
+}
+
 fn strip<T>(r: TtlResult<T>) -> LookupResult<Vec<T>> {
     match r {
         Ok(a) => Ok(a.records),

@@ -4,9 +4,11 @@ use crate::{
     clock::{Clock, SystemClock},
     dictionary::DictionaryConfig,
     directory::RecipientDirectory,
+    dns::TtlLookup,
     recipient::RecipientPolicy,
     session::Session,
     spf::{LookupVerifier, SpfConfig, SpfVerifier},
+    spf_cache::CachingVerifier,
     store::{MemoryStore, StateStore},
 };
 use std::{fmt::Debug, sync::Arc, time::Duration};
@@ -128,6 +130,21 @@ impl EngineBuilder {
     pub fn lookup<L: Lookup + Debug + 'static>(mut self, lookup: L) -> Self {
         let timeout = Duration::from_secs(self.config.spf.timeout_secs);
         self.spf = Some(Arc::new(LookupVerifier::new(lookup, timeout)));
+        self
+    }
+
+    /// Evaluates SPF with `lookup` through a [`CachingVerifier`]: answers
+    /// kept for their smallest DNS TTL (at most `spf.cache_max_ttl_secs`),
+    /// `spf.cache_size` entries, concurrent identical checks sharing one
+    /// evaluation. Uses the clock set so far (call [`Self::clock`] first).
+    /// To share one cache between engines (reloads), build the
+    /// `CachingVerifier` yourself and pass it to [`Self::spf_verifier`].
+    pub fn cached_lookup<L: TtlLookup + 'static>(mut self, lookup: L) -> Self {
+        self.spf = Some(Arc::new(CachingVerifier::new(
+            lookup,
+            &self.config.spf,
+            self.clock.clone(),
+        )));
         self
     }
 

@@ -239,3 +239,62 @@ async fn dry_run_bans_nothing_visible() {
     let (_, v) = session_from(&e, ATTACKER).await;
     assert_eq!(code(&v), "continue");
 }
+
+/// A `TtlLookup` with one SPF record, counting TXT queries.
+#[derive(Debug, Default)]
+struct CountingDns {
+    txt: AtomicUsize,
+}
+
+#[async_trait]
+impl nobounce_core::dns::TtlLookup for CountingDns {
+    async fn lookup_a(&self, _: &Name) -> nobounce_core::dns::TtlResult<Ipv4Addr> {
+        Err(nobounce_core::dns::TtlLookupError::NoRecords { ttl: None })
+    }
+    async fn lookup_aaaa(&self, _: &Name) -> nobounce_core::dns::TtlResult<Ipv6Addr> {
+        Err(nobounce_core::dns::TtlLookupError::NoRecords { ttl: None })
+    }
+    async fn lookup_mx(&self, _: &Name) -> nobounce_core::dns::TtlResult<Name> {
+        Err(nobounce_core::dns::TtlLookupError::NoRecords { ttl: None })
+    }
+    async fn lookup_txt(&self, name: &Name) -> nobounce_core::dns::TtlResult<String> {
+        self.txt.fetch_add(1, Ordering::SeqCst);
+        if name.as_str() == "remote.test." {
+            Ok(nobounce_core::dns::Answer {
+                records: vec!["v=spf1 ip4:192.0.2.0/24 -all".into()],
+                ttl: Duration::from_secs(300),
+            })
+        } else {
+            Err(nobounce_core::dns::TtlLookupError::NoRecords { ttl: None })
+        }
+    }
+    async fn lookup_ptr(&self, _: IpAddr) -> nobounce_core::dns::TtlResult<Name> {
+        Err(nobounce_core::dns::TtlLookupError::NoRecords { ttl: None })
+    }
+}
+
+#[tokio::test]
+async fn cached_lookup_shares_spf_answers_across_sessions_until_the_ttl_ends() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let dns = Arc::new(CountingDns::default());
+    let mut config = EngineConfig::default();
+    config.spf.verify_helo = false;
+    let e = Engine::builder(config)
+        .clock(clock.clone())
+        .cached_lookup(dns.clone())
+        .build();
+    for _ in 0..3 {
+        let (mut s, _) = session_from(&e, "192.0.2.1").await;
+        let v = s.mail_from("<a@remote.test>", &[], None).await;
+        assert_eq!(code(&v), "continue");
+        let (mut s, _) = session_from(&e, "198.51.100.1").await;
+        let v = s.mail_from("<a@remote.test>", &[], None).await;
+        assert!(code(&v).starts_with("550 5.7.23"), "{}", code(&v));
+    }
+    // One evaluation per client IP, then hits.
+    assert_eq!(dns.txt.load(Ordering::SeqCst), 2);
+    clock.advance(Duration::from_secs(301));
+    let (mut s, _) = session_from(&e, "192.0.2.1").await;
+    s.mail_from("<a@remote.test>", &[], None).await;
+    assert_eq!(dns.txt.load(Ordering::SeqCst), 3, "expired after the TTL");
+}
