@@ -99,7 +99,7 @@ impl Lookup for Timeouts {
     }
     async fn lookup_txt<'l, 'a>(&'l self, name: &'a Name) -> LookupResult<Vec<String>> {
         // Some names have a record (with odd text), the rest time out.
-        if name.as_str().len() % 3 == 0 {
+        if name.as_str().len().is_multiple_of(3) {
             Ok(vec![format!("v=spf1 -all exp={}", name.as_str())])
         } else {
             Err(LookupError::Timeout)
@@ -123,7 +123,7 @@ fn assert_safe(reply: &Reply) {
         if c == '%' {
             percent_run += 1;
         } else {
-            assert_eq!(percent_run % 2, 0, "single % in {t:?}");
+            assert!(percent_run % 2 == 0, "single % in {t:?}");
             percent_run = 0;
         }
     }
