@@ -41,6 +41,13 @@ fn is_executable(path: &Path) -> bool {
 fn companions(binary: &str) -> &'static [&'static str] {
     match binary {
         "postfix" => &["postfix", "postconf", "postqueue"],
+        // The LMTP and quota-status services come in their own packages
+        // (dovecot-lmtpd); without them Dovecot starts but cannot serve.
+        "dovecot" => &[
+            "dovecot",
+            "/usr/lib/dovecot/lmtp",
+            "/usr/lib/dovecot/quota-status",
+        ],
         _ => &[],
     }
 }
