@@ -5,10 +5,7 @@
 //! engine only sees the answers.
 
 use async_trait::async_trait;
-use std::{
-    error::Error,
-    fmt::{self, Debug, Display, Formatter},
-};
+use std::fmt::Debug;
 
 /// What the directory knows of one recipient address.
 #[derive(Clone, Debug, Eq, Hash, PartialEq)]
@@ -30,48 +27,7 @@ pub enum RecipientStatus {
 /// The directory failed to answer (backend down, timeout, corrupt data).
 ///
 /// At SMTP time this always becomes a temporary failure (`451 4.4.3`).
-#[derive(Debug)]
-pub struct DirectoryError {
-    message: String,
-    source: Option<Box<dyn Error + Send + Sync>>,
-}
-
-impl DirectoryError {
-    /// An error with a message.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    /// An error with a message and an underlying cause.
-    pub fn with_source(
-        message: impl Into<String>,
-        source: impl Into<Box<dyn Error + Send + Sync>>,
-    ) -> Self {
-        Self {
-            message: message.into(),
-            source: Some(source.into()),
-        }
-    }
-}
-
-impl Display for DirectoryError {
-    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
-        Ok(())
-    }
-}
-
-impl Error for DirectoryError {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn Error + 'static))
-    }
-}
+pub type DirectoryError = crate::error::BackendError;
 
 /// A query for one recipient.
 #[derive(Clone, Debug, Eq, PartialEq)]

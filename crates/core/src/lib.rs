@@ -21,7 +21,9 @@
 //!   [`spf_cache`]: [`CachingVerifier`], the shared TTL cache of answers.
 //! - [`engine`]: [`Engine`] (configuration plus ports, shared) and
 //!   [`session`]: [`Session`] (one connection: facts in, verdicts out).
-//! - [`address`]: envelope addresses and ESMTP parameters.
+//! - [`address`]: envelope addresses and ESMTP parameters; [`error`]: the
+//!   [`error::BackendError`] of a failed backend (`DirectoryError`,
+//!   `StoreError`).
 //! - [`store`]: the [`StateStore`] port (shared counters and bans) with
 //!   [`MemoryStore`]; [`dictionary`]: the dictionary-attack ban policy.
 
@@ -31,6 +33,7 @@ pub mod dictionary;
 pub mod directory;
 pub mod dns;
 pub mod engine;
+pub mod error;
 pub mod recipient;
 pub mod reply;
 pub mod session;

@@ -37,8 +37,7 @@ use async_trait::async_trait;
 use lru::LruCache;
 use std::{
     collections::HashMap,
-    error::Error,
-    fmt::{self, Debug, Display, Formatter},
+    fmt::Debug,
     num::NonZeroUsize,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -59,48 +58,7 @@ pub const MAX_DISTINCT_MEMBERS: u64 = 1000;
 ///
 /// Never a reason to refuse mail: the caller logs it and goes on as if no
 /// ban existed.
-#[derive(Debug)]
-pub struct StoreError {
-    message: String,
-    source: Option<Box<dyn Error + Send + Sync>>,
-}
-
-impl StoreError {
-    /// An error with a message.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    /// An error with a message and an underlying cause.
-    pub fn with_source(
-        message: impl Into<String>,
-        source: impl Into<Box<dyn Error + Send + Sync>>,
-    ) -> Self {
-        Self {
-            message: message.into(),
-            source: Some(source.into()),
-        }
-    }
-}
-
-impl Display for StoreError {
-    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
-        Ok(())
-    }
-}
-
-impl Error for StoreError {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn Error + 'static))
-    }
-}
+pub type StoreError = crate::error::BackendError;
 
 /// An active ban of one client key.
 #[derive(Clone, Debug, Eq, Hash, PartialEq)]
