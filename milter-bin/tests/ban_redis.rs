@@ -10,111 +10,12 @@ use nobounce_core::{
     store::{Ban, StateStore},
 };
 use nobounce_store_redis::{RedisConfig, RedisStore};
+use nobounce_test_support::{require, RedisInstance};
 use std::{
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    thread,
-    time::{Duration, Instant, SystemTime},
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::{Duration, SystemTime},
 };
-
-/// A `redis-server` on a free loopback port, persisting nothing, killed on
-/// drop. (The end-to-end crate has a fuller one; this binary's tests keep
-/// their dependencies to the workspace's published crates.)
-struct Redis {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-fn redis_server() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|d| d.join("redis-server"))
-        .find(|p| p.is_file())
-}
-
-impl Redis {
-    /// Starts a server, or returns `None` after printing `SKIPPED` when
-    /// redis-server is not installed (a failure with `NOBOUNCE_E2E=required`).
-    fn start(test: &str) -> Option<Self> {
-        let Some(bin) = redis_server() else {
-            let required = std::env::var("NOBOUNCE_E2E")
-                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("required"));
-            assert!(
-                !required,
-                "{test}: redis-server not found, and NOBOUNCE_E2E=required"
-            );
-            eprintln!(
-                "SKIPPED: {test}: redis-server not found (set NOBOUNCE_E2E=required to make this a failure)"
-            );
-            return None;
-        };
-        let mut last = String::new();
-        // The port may be taken between the probe and redis' bind.
-        for _ in 0..5 {
-            match Self::spawn(&bin) {
-                Ok(redis) => return Some(redis),
-                Err(e) => last = e,
-            }
-        }
-        panic!("{test}: redis-server did not start: {last}");
-    }
-
-    fn spawn(bin: &Path) -> Result<Self, String> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let log = std::fs::File::create(dir.path().join("redis.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("{}: {e}", bin.display()))?;
-        let mut redis = Self { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !redis.answers() {
-            let log = || std::fs::read_to_string(redis.dir.path().join("redis.log"));
-            if let Ok(Some(status)) = redis.child.try_wait() {
-                return Err(format!("exited ({status}): {}", log().unwrap_or_default()));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("no PONG: {}", log().unwrap_or_default()));
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        Ok(redis)
-    }
-
-    fn answers(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut buf = [0; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn nobounce(config: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_nobounce"))
@@ -153,9 +54,8 @@ fn list_line(ban: &Ban) -> String {
 
 #[tokio::test]
 async fn ban_add_list_lift_go_straight_to_redis() {
-    let Some(redis) = Redis::start("ban_redis::ban_add_list_lift_go_straight_to_redis") else {
-        return;
-    };
+    require!("redis-server");
+    let redis = RedisInstance::start().await.expect("redis-server starts");
     let redis_config = RedisConfig {
         url: redis.url(),
         prefix: "cli-test:".into(),

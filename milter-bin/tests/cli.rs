@@ -2,7 +2,6 @@
 
 use std::{
     io::{BufRead, BufReader},
-    net::TcpListener as StdListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -56,10 +55,7 @@ fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
 }
 
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    nobounce_test_support::free_port().expect("free port")
 }
 
 async fn negotiates(addr: &str) {

@@ -20,18 +20,17 @@
 
 use nobounce_core::dictionary::{rfc3339_utc, BAN_REASON};
 use nobounce_core::store::StateStore;
-use nobounce_dns::test_server::{TestDnsServer, TestRecord};
-use nobounce_e2e::{
-    bind_loopback, poll_until, require, Background, MessageBuilder, PostfixInstance, RedisInstance,
-    Reply, SmtpClient, SmtpSink, DEFAULT_TIMEOUT,
+use nobounce_test_support::dns::{TestDnsServer, TestRecord};
+use nobounce_test_support::{
+    bind_loopback, poll_until, require, Background, LogCapture, MessageBuilder, PostfixInstance,
+    RedisInstance, Reply, SmtpClient, SmtpSink, DEFAULT_TIMEOUT,
 };
 use nobounce_milter::{control, Config, Milter};
 use nobounce_store_redis::{RedisConfig, RedisStore};
-use std::cell::{Cell, RefCell};
-use std::io::{self, Write};
+use std::cell::Cell;
+use std::io::{self};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, SystemTime};
 use tempfile::TempDir;
 
@@ -687,71 +686,4 @@ async fn mail_flows_while_redis_is_down_and_bans_are_shared_again_after_restart(
     }
     site.assert_delivered_exactly(&delivered).await;
     assert_eq!(logs.lines_with("store_unreachable").len(), 2);
-}
-
-/// Captures the formatted log events emitted on the current thread.
-///
-/// A global subscriber writes each event into the buffer of the thread
-/// that emitted it: the milters of a test run on its current-thread
-/// runtime, so their events land in that test's capture, apart from the
-/// other tests running at the same time.
-#[derive(Clone, Debug, Default)]
-struct LogCapture(Arc<Mutex<Vec<u8>>>);
-
-thread_local! {
-    static CAPTURE: RefCell<Option<LogCapture>> = const { RefCell::new(None) };
-}
-
-/// Ends the capture of this thread on drop.
-struct CaptureGuard;
-
-impl Drop for CaptureGuard {
-    fn drop(&mut self) {
-        CAPTURE.with(|c| c.borrow_mut().take());
-    }
-}
-
-struct ThreadWriter;
-
-impl Write for ThreadWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        CAPTURE.with(|c| {
-            if let Some(capture) = c.borrow().as_ref() {
-                capture
-                    .0
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend_from_slice(buf);
-            }
-        });
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl LogCapture {
-    fn install(&self) -> CaptureGuard {
-        static GLOBAL: Once = Once::new();
-        GLOBAL.call_once(|| {
-            tracing_subscriber::fmt()
-                .with_writer(|| ThreadWriter)
-                .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
-                .with_ansi(false)
-                .init();
-        });
-        CAPTURE.with(|c| *c.borrow_mut() = Some(self.clone()));
-        CaptureGuard
-    }
-
-    fn lines_with(&self, needle: &str) -> Vec<String> {
-        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_owned)
-            .collect()
-    }
 }

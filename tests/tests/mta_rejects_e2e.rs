@@ -6,8 +6,8 @@
 //! nobounce has no recipient backend here: every unknown-user rejection the
 //! client sees comes from Postfix (`virtual_mailbox_maps`).
 
-use nobounce_dns::test_server::{TestDnsServer, TestRecord};
-use nobounce_e2e::{bind_loopback, require, Background, PostfixInstance, SmtpClient, SmtpSink};
+use nobounce_test_support::dns::{TestDnsServer, TestRecord};
+use nobounce_test_support::{bind_loopback, require, Background, PostfixInstance, SmtpClient, SmtpSink};
 use std::net::{IpAddr, Ipv4Addr};
 
 const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5));

@@ -2,7 +2,7 @@
 //! harness itself must be right before nobounce is tested with it.
 
 use indymilter::{Actions, Callbacks, ContextActions, SetErrorReply, Status};
-use nobounce_e2e::{
+use nobounce_test_support::{
     bind_loopback, free_port, require, Background, MessageBuilder, PostfixInstance, SmtpClient,
     SmtpSink, DEFAULT_TIMEOUT, MYHOSTNAME,
 };

@@ -27,8 +27,8 @@
 //! (`trusted_networks = []`) against a DNS server in the test that passes
 //! `sender.test` for 127.0.0.0/8: nobounce's DNS never leaves loopback.
 
-use nobounce_dns::test_server::{TestDnsServer, TestRecord};
-use nobounce_e2e::{
+use nobounce_test_support::dns::{TestDnsServer, TestRecord};
+use nobounce_test_support::{
     bind_loopback, poll_until, require, wait_until, Background, DovecotBuilder, DovecotInstance,
     MessageBuilder, PostfixInstance, Reply, SmtpClient, SmtpSink, DEFAULT_TIMEOUT,
     QUOTA_GRACE_PERCENT,
@@ -207,7 +207,7 @@ fn message(to: &str, subject: &str, body: &str) -> Vec<u8> {
 }
 
 fn subject_of(message: &[u8]) -> Option<String> {
-    nobounce_e2e::header_value(message, "Subject")
+    nobounce_test_support::header_value(message, "Subject")
 }
 
 /// Waits until `address`'s Maildir holds a message with `subject` and
@@ -338,9 +338,9 @@ async fn full_unknown_and_healthy(backend: Backend, over_quota: &str) {
 
     // Delivered to the healthy mailbox, through Postfix and nobounce.
     let delivered = wait_for_delivery(dovecot, ALICE, &subject).await;
-    let spf = nobounce_e2e::header_value(&delivered, "Received-SPF").expect("Received-SPF");
+    let spf = nobounce_test_support::header_value(&delivered, "Received-SPF").expect("Received-SPF");
     assert!(spf.starts_with("pass "), "{spf}");
-    let to = nobounce_e2e::header_value(&delivered, "Delivered-To");
+    let to = nobounce_test_support::header_value(&delivered, "Delivered-To");
     assert_eq!(to.as_deref(), Some(ALICE));
     wait_for_saved_line(dovecot, ALICE, mark, 1).await;
 

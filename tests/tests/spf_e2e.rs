@@ -2,8 +2,8 @@
 //! DNS server on loopback serving the SPF zones, accepted mail relayed to a
 //! local sink.
 
-use nobounce_dns::test_server::{ServerMode, TestDnsServer, TestRecord};
-use nobounce_e2e::{
+use nobounce_test_support::dns::{ServerMode, TestDnsServer, TestRecord};
+use nobounce_test_support::{
     bind_loopback, require, Background, MessageBuilder, PostfixInstance, SmtpClient, SmtpSink,
     DEFAULT_TIMEOUT, MYHOSTNAME,
 };

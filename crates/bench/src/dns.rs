@@ -14,7 +14,7 @@
 //! ([`BenchDns::queries`]), which tells how many lookups a run did not
 //! answer from a cache.
 
-use nobounce_dns::test_server::{TestDnsServer, TestRecord};
+use nobounce_test_support::dns::{TestDnsServer, TestRecord};
 use std::{
     io,
     net::{Ipv4Addr, SocketAddr},

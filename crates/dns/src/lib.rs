@@ -9,9 +9,6 @@
 //!   [`TtlLookup`](nobounce_core::dns::TtlLookup) (answers with their TTL, for
 //!   caching SPF results) and viaspf's [`Lookup`](viaspf::lookup::Lookup)
 //!   (the same answers without TTL).
-//! - `test_server` (cargo feature `test-server`): a small authoritative DNS
-//!   server that runs inside a test process, serving records that the test
-//!   gives it.
 //!
 //! # Caching
 //!
@@ -27,8 +24,6 @@
 
 mod config;
 mod lookup;
-#[cfg(feature = "test-server")]
-pub mod test_server;
 
 pub use config::{DnsConfig, Error};
 pub use lookup::HickoryLookup;

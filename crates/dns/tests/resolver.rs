@@ -1,10 +1,8 @@
 //! HickoryLookup against the in-process test DNS server.
 
 use nobounce_core::dns::{RecordingLookup, TtlAsLookup, TtlLookup, TtlLookupError};
-use nobounce_dns::{
-    test_server::{ServerMode, TestDnsServer, TestRecord},
-    DnsConfig, Error, HickoryLookup,
-};
+use nobounce_dns::{DnsConfig, Error, HickoryLookup};
+use nobounce_test_support::dns::{ServerMode, TestDnsServer, TestRecord};
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,

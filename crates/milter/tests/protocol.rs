@@ -3,7 +3,7 @@
 //! loopback serving the SPF zones.
 
 use indymilter_test::{EomAction, MacroStage, Status, TestConnection};
-use nobounce_dns::test_server::{ServerMode, TestDnsServer, TestRecord};
+use nobounce_test_support::dns::{ServerMode, TestDnsServer, TestRecord};
 use nobounce_milter::{Config, Milter};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};

@@ -361,13 +361,8 @@ impl<P: StateStore> StateStore for FallbackStore<P> {
 mod tests {
     use super::*;
     use nobounce_core::store::from_millis;
-    use std::{
-        io::Write,
-        sync::{
-            atomic::{AtomicBool, AtomicUsize, Ordering},
-            Arc,
-        },
-    };
+    use nobounce_test_support::LogCapture;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     /// A primary that fails while `down` is set.
     #[derive(Debug, Default)]
@@ -434,53 +429,6 @@ mod tests {
         }
     }
 
-    /// Captures the events of the current thread (see the same helper in
-    /// tests/common: a global subscriber, because thread-scoped ones miss
-    /// events when other test threads register the callsites concurrently).
-    #[derive(Clone, Default)]
-    struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    thread_local! {
-        static CAPTURE: std::cell::RefCell<Option<Logs>> = const { std::cell::RefCell::new(None) };
-    }
-
-    struct ThreadWriter;
-
-    impl Write for ThreadWriter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            CAPTURE.with(|c| {
-                if let Some(logs) = c.borrow().as_ref() {
-                    logs.0.lock().unwrap().extend_from_slice(buf);
-                }
-            });
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Logs {
-        fn install(&self) {
-            static GLOBAL: std::sync::Once = std::sync::Once::new();
-            GLOBAL.call_once(|| {
-                tracing_subscriber::fmt()
-                    .with_writer(|| ThreadWriter)
-                    .with_ansi(false)
-                    .init();
-            });
-            CAPTURE.with(|c| *c.borrow_mut() = Some(self.clone()));
-        }
-
-        fn count(&self, needle: &str) -> usize {
-            let bytes = self.0.lock().unwrap().clone();
-            String::from_utf8_lossy(&bytes)
-                .lines()
-                .filter(|l| l.contains(needle))
-                .count()
-        }
-    }
-
     const HOUR: Duration = Duration::from_secs(3600);
 
     fn t0() -> SystemTime {
@@ -502,8 +450,8 @@ mod tests {
 
     #[tokio::test]
     async fn outage_is_served_locally_and_logged_once() {
-        let logs = Logs::default();
-        logs.install();
+        let logs = LogCapture::default();
+        let _guard = logs.install();
         let s = store(Duration::ZERO);
         let banned = s.strike("k1", &rule(), "r", t0()).await.unwrap().ban;
         s.primary.down.store(true, Ordering::SeqCst);

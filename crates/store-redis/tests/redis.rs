@@ -1,8 +1,6 @@
 //! RedisStore and FallbackStore against a real redis-server on loopback.
 
-mod common;
-
-use common::{LogCapture, RedisServer};
+use nobounce_test_support::{free_port, require, LogCapture, RedisInstance};
 use nobounce_core::store::{contract, BanRule, MemoryStore, StateStore};
 use nobounce_store_redis::{FallbackStore, RedisConfig, RedisStore};
 use std::{
@@ -13,7 +11,7 @@ use std::{
 
 /// A config for `server` under `prefix`, with a timeout generous enough for
 /// a loaded 2-core CI machine (the default 500 ms is for production).
-fn config(server: &RedisServer, prefix: &str) -> RedisConfig {
+fn config(server: &RedisInstance, prefix: &str) -> RedisConfig {
     RedisConfig {
         url: server.url(),
         prefix: prefix.into(),
@@ -22,7 +20,7 @@ fn config(server: &RedisServer, prefix: &str) -> RedisConfig {
     }
 }
 
-async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+async fn raw(server: &RedisInstance) -> redis::aio::MultiplexedConnection {
     redis::Client::open(server.url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -42,9 +40,8 @@ async fn keys(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Ve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_passes_the_contract() {
-    let Some(server) = RedisServer::start("redis_store_passes_the_contract") else {
-        return;
-    };
+    require!("redis-server");
+    let server = RedisInstance::start().await.expect("redis-server starts");
     let n = AtomicUsize::new(0);
     contract::run_all(|| {
         let cfg = config(
@@ -64,10 +61,8 @@ async fn redis_store_passes_the_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fallback_store_passes_the_contract_while_redis_is_up() {
-    let Some(server) = RedisServer::start("fallback_store_passes_the_contract_while_redis_is_up")
-    else {
-        return;
-    };
+    require!("redis-server");
+    let server = RedisInstance::start().await.expect("redis-server starts");
     let n = AtomicUsize::new(0);
     contract::run_all(|| {
         let cfg = config(&server, &format!("fb{}:", n.fetch_add(1, Ordering::SeqCst)));
@@ -81,9 +76,8 @@ async fn fallback_store_passes_the_contract_while_redis_is_up() {
 
 #[tokio::test]
 async fn every_key_expires_by_itself() {
-    let Some(server) = RedisServer::start("every_key_expires_by_itself") else {
-        return;
-    };
+    require!("redis-server");
+    let server = RedisInstance::start().await.expect("redis-server starts");
     let store = RedisStore::new(&config(&server, "ttl:")).unwrap();
     let now = SystemTime::now();
     let rule = BanRule {
@@ -147,9 +141,8 @@ async fn every_key_expires_by_itself() {
 
 #[tokio::test]
 async fn short_bans_really_leave_redis() {
-    let Some(server) = RedisServer::start("short_bans_really_leave_redis") else {
-        return;
-    };
+    require!("redis-server");
+    let server = RedisInstance::start().await.expect("redis-server starts");
     let store = RedisStore::new(&config(&server, "short:")).unwrap();
     let rule = BanRule {
         base: Duration::from_millis(800),
@@ -189,9 +182,8 @@ async fn short_bans_really_leave_redis() {
 
 #[tokio::test]
 async fn prefixes_keep_stores_apart() {
-    let Some(server) = RedisServer::start("prefixes_keep_stores_apart") else {
-        return;
-    };
+    require!("redis-server");
+    let server = RedisInstance::start().await.expect("redis-server starts");
     let a = RedisStore::new(&config(&server, "a:")).unwrap();
     // A prefix with glob characters must not match other prefixes' keys.
     let b = RedisStore::new(&config(&server, "*:")).unwrap();
@@ -208,9 +200,8 @@ async fn prefixes_keep_stores_apart() {
 
 #[tokio::test]
 async fn scripts_are_reloaded_after_a_script_flush() {
-    let Some(server) = RedisServer::start("scripts_are_reloaded_after_a_script_flush") else {
-        return;
-    };
+    require!("redis-server");
+    let server = RedisInstance::start().await.expect("redis-server starts");
     let store = RedisStore::new(&config(&server, "flush:")).unwrap();
     let now = SystemTime::now();
     let w = Duration::from_secs(60);
@@ -273,11 +264,7 @@ async fn a_silent_server_makes_operations_time_out() {
 
 #[tokio::test]
 async fn an_unreachable_server_is_an_error_not_a_hang() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port().unwrap();
     let store = RedisStore::new(&RedisConfig {
         url: format!("redis://127.0.0.1:{port}"),
         ..RedisConfig::default()
@@ -292,9 +279,8 @@ async fn an_unreachable_server_is_an_error_not_a_hang() {
 /// the state is shared again, with the outage's bans pushed.
 #[tokio::test]
 async fn fallback_survives_a_redis_restart() {
-    let Some(server) = RedisServer::start("fallback_survives_a_redis_restart") else {
-        return;
-    };
+    require!("redis-server");
+    let mut server = RedisInstance::start().await.expect("redis-server starts");
     let logs = LogCapture::default();
     let _guard = logs.install();
     let cfg = RedisConfig {
@@ -338,7 +324,7 @@ async fn fallback_survives_a_redis_restart() {
 
     // Redis dies: everything still works, from memory.
     let port = server.port();
-    let killed = server.kill();
+    server.stop();
     for i in 0..10 {
         let n = host_a
             .add_distinct("198.51.100.1", &format!("m{i}"), w, now)
@@ -375,7 +361,7 @@ async fn fallback_survives_a_redis_restart() {
     );
 
     // Redis is back (empty) on the same port.
-    let server = killed.start_again();
+    server.restart().await.expect("redis-server restarts");
     assert_eq!(server.port(), port);
     let deadline = Instant::now() + Duration::from_secs(30);
     while host_a.is_degraded() {

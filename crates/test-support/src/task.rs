@@ -32,7 +32,7 @@ impl Future for ShutdownSignal {
 ///
 /// ```no_run
 /// # async fn f() -> std::io::Result<()> {
-/// use nobounce_e2e::{bind_loopback, Background};
+/// use nobounce_test_support::{bind_loopback, Background};
 /// let listener = bind_loopback().await?;
 /// let server = Background::spawn(|shutdown| async move {
 ///     // e.g. nobounce_milter::run(listener, config, shutdown).await

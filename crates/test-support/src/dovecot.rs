@@ -255,7 +255,7 @@ fn home(dir: &Path, address: &str) -> PathBuf {
 ///
 /// ```no_run
 /// # async fn f() -> std::io::Result<()> {
-/// use nobounce_e2e::{DovecotInstance, MessageBuilder};
+/// use nobounce_test_support::{DovecotInstance, MessageBuilder};
 /// let dovecot = DovecotInstance::builder()
 ///     .user("alice@mbox.test")
 ///     .user_with_quota("full@mbox.test", 20_000)

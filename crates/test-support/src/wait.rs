@@ -23,7 +23,7 @@ const MAX_INTERVAL: Duration = Duration::from_millis(250);
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// use std::time::Duration;
 /// let mut calls = 0;
-/// let n = nobounce_e2e::poll_until("third call", Duration::from_secs(5), || {
+/// let n = nobounce_test_support::poll_until("third call", Duration::from_secs(5), || {
 ///     calls += 1;
 ///     let now = calls;
 ///     async move { Ok((now == 3).then_some(now)) }

@@ -1,15 +1,15 @@
 //! An authoritative DNS server for tests, running inside the test process.
 //!
-//! Enabled by the cargo feature `test-server`. It listens on `127.0.0.1`, on
+//! It listens on `127.0.0.1`, on
 //! a free port, over UDP and TCP, and answers from a list of
 //! [`TestRecord`]s that the test gives it and may change at any time. Point
 //! a resolver at [`TestDnsServer::addr`], for instance with
-//! [`DnsConfig::with_nameservers`](crate::DnsConfig::with_nameservers).
+//! `nobounce_dns::DnsConfig::with_nameservers`.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> std::io::Result<()> {
-//! use nobounce_dns::test_server::{TestDnsServer, TestRecord};
+//! use nobounce_test_support::dns::{TestDnsServer, TestRecord};
 //!
 //! let server = TestDnsServer::start([
 //!     TestRecord::txt("example.test", "v=spf1 ip4:192.0.2.0/24 mx -all", 300),

@@ -34,7 +34,7 @@ const LOG_TAIL_LINES: usize = 30;
 ///
 /// ```no_run
 /// # async fn f() -> std::io::Result<()> {
-/// let mut redis = nobounce_e2e::RedisInstance::start().await?;
+/// let mut redis = nobounce_test_support::RedisInstance::start().await?;
 /// let url = redis.url(); // redis://127.0.0.1:PORT
 /// redis.stop();          // SIGKILL: connections break, the port is free
 /// redis.restart().await?; // same port, empty

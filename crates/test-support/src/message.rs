@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// [`header`](MessageBuilder::header).
 ///
 /// ```
-/// let msg = nobounce_e2e::MessageBuilder::new()
+/// let msg = nobounce_test_support::MessageBuilder::new()
 ///     .from("alice@sender.test")
 ///     .to("bob@example.test")
 ///     .subject("hello")
@@ -110,7 +110,7 @@ pub(crate) fn crlf(text: &str) -> String {
 ///
 /// ```
 /// let msg = b"Received: from a\r\n\tby b\r\nSubject:  hi\r\n\r\nbody\r\n";
-/// let headers = nobounce_e2e::parse_headers(msg);
+/// let headers = nobounce_test_support::parse_headers(msg);
 /// assert_eq!(headers, vec![
 ///     ("Received".to_owned(), "from a\tby b".to_owned()),
 ///     ("Subject".to_owned(), "hi".to_owned()),
