@@ -62,6 +62,13 @@ impl Sender {
     /// Creates a new `Sender` from either a MAIL FROM identity (an email
     /// address) or a HELO identity (a domain name).
     ///
+    /// The domain is validated; the local-part (everything before the last
+    /// `@`) is only required to be non-empty. RFC 7208, section 4.3, makes
+    /// only a malformed *domain* a reason not to evaluate, so a local-part
+    /// that is not valid RFC 5321 syntax (such as `Macro Error`, unquoted)
+    /// is taken as is. Use [`from_address`][Self::from_address] to also
+    /// require RFC 5321 syntax for the local-part.
+    ///
     /// # Errors
     ///
     /// If the given string cannot be parsed, an error is returned.
@@ -80,7 +87,10 @@ impl Sender {
     pub fn new(sender: &str) -> Result<Self, ParseParamError> {
         let (local_part, domain) = match sender.rsplit_once('@') {
             Some((local_part, domain)) => {
-                if !is_local_part(local_part) {
+                // nobounce patch: §4.3 only says that a malformed <domain>
+                // gives "none"; any non-empty local-part is acceptable here
+                // (RFC 5321 syntax is checked by `from_address`).
+                if local_part.is_empty() {
                     return Err(ParseParamError);
                 }
                 (local_part, domain)
@@ -100,14 +110,17 @@ impl Sender {
 
     /// Creates a new `Sender` from an email address.
     ///
+    /// Unlike [`new`][Self::new], this requires the local-part to be valid
+    /// RFC 5321 syntax (a dot-string or a quoted-string).
+    ///
     /// # Errors
     ///
     /// If the given string is not a valid email address, an error is returned.
     pub fn from_address(s: &str) -> Result<Self, ParseParamError> {
-        if s.rfind('@').is_none() {
-            return Err(ParseParamError);
+        match s.rsplit_once('@') {
+            Some((local_part, _)) if is_local_part(local_part) => Self::new(s),
+            _ => Err(ParseParamError),
         }
-        Self::new(s)
     }
 
     /// Creates a new `Sender` from a domain name.
@@ -331,6 +344,28 @@ mod tests {
         // An empty MAIL FROM is invalid. Callers must themselves construct a
         // valid sender address in this case, see §2.4.
         assert_eq!(Sender::new(""), Err(ParseParamError));
+    }
+
+    #[test]
+    fn sender_local_part_is_not_validated() {
+        // nobounce patch: RFC 7208, §4.3, only the domain matters.
+        let sender = Sender::new("Macro Error@example.org").unwrap();
+        assert_eq!(sender.local_part(), "Macro Error");
+        assert_eq!(sender.to_string(), "Macro Error@example.org");
+        assert!(Sender::new(&format!("{}@example.org", "x".repeat(65))).is_ok());
+        assert_eq!(Sender::new("@example.org"), Err(ParseParamError));
+        assert_eq!(Sender::new("Macro Error@example"), Err(ParseParamError));
+
+        // `from_address` (and so `FromStr`) still requires RFC 5321 syntax.
+        assert_eq!(
+            Sender::from_address("Macro Error@example.org"),
+            Err(ParseParamError)
+        );
+        assert!(Sender::from_address(r#""Macro Error"@example.org"#).is_ok());
+        assert_eq!(
+            "Macro Error@example.org".parse::<Sender>(),
+            Err(ParseParamError)
+        );
     }
 
     #[test]

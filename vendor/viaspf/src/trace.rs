@@ -19,7 +19,9 @@
 use crate::{
     eval::EvalError,
     lookup::{LookupError, Name},
-    record::{Directive, DomainSpec, ExplainString, Explanation, Mechanism, Redirect, SpfRecord},
+    record::{
+        Directive, DomainSpec, ExplainString, Explanation, Macro, Mechanism, Redirect, SpfRecord,
+    },
     result::{ExplanationString, SpfResult},
 };
 use std::{
@@ -117,6 +119,9 @@ pub enum Tracepoint {
     MultipleRedirectModifiers(Vec<Redirect>),
     /// Multiple *exp* modifiers were found in an SPF record.
     MultipleExpModifiers(Vec<Explanation>),
+    /// The domain specification of an *exp* modifier contains a macro that is
+    /// allowed only in explain strings (`c`, `r`, `t`). (nobounce patch)
+    InvalidMacroInExpModifier(Macro),
     /// A directive is being evaluated.
     EvaluateDirective(Directive),
     /// A mechanism is being evaluated.
@@ -243,6 +248,12 @@ impl Display for Tracepoint {
             Self::MultipleExpModifiers(explanations) => {
                 write!(f, "multiple \"exp\" modifiers found in SPF record: ")?;
                 fmt_elements(f, explanations)
+            }
+            Self::InvalidMacroInExpModifier(macro_) => {
+                write!(
+                    f,
+                    "invalid macro \"{macro_}\" in \"exp\" modifier of SPF record"
+                )
             }
             Self::EvaluateDirective(directive) => write!(f, "evaluating directive \"{directive}\""),
             Self::EvaluateMechanism(mechanism) => write!(f, "evaluating mechanism \"{mechanism}\""),

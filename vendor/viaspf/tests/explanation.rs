@@ -106,3 +106,34 @@ async fn lookup_count_reset_before_exp_evaluation() {
         SpfResult::Fail(ExplanationString::External("failure".into()))
     );
 }
+
+// nobounce patch: §7.1, the macro letters c, r, t are allowed only in "exp"
+// text, not in the domain-spec of the "exp" modifier. Such a record is invalid
+// whatever its result (§4.6).
+#[tokio::test]
+async fn exp_only_macro_in_exp_domain_spec() {
+    for record in [
+        "v=spf1 -all exp=%{r}.example.com",
+        "v=spf1 +all exp=%{c}.%{d}",
+    ] {
+        let lookup = MockLookup::new().with_lookup_txt(move |name| match name.as_str() {
+            "example.com." => Ok(vec![record.into()]),
+            _ => Err(LookupError::NoRecords),
+        });
+
+        let result = evaluate_sender(
+            &lookup,
+            &Default::default(),
+            IpAddr::from([12, 34, 56, 78]),
+            &"amy@example.com".parse().unwrap(),
+            None,
+        )
+        .await;
+
+        assert_eq!(result.spf_result, SpfResult::Permerror, "{record}");
+        assert_eq!(
+            result.cause,
+            Some(SpfResultCause::Error(ErrorCause::InvalidSpfRecordSyntax))
+        );
+    }
+}

@@ -203,13 +203,18 @@ impl EvaluateToString for Macro {
     }
 }
 
+// nobounce patch: the nibbles of an IPv6 address are upper case, as in the
+// open-spf RFC 7208 test suite (`v-macro-ip6`) and in the expansion examples
+// of RFC 4408, §8. RFC 7208 does not fix the case (its §7.4 example is lower
+// case); DNS names compare case-insensitively (RFC 4343), so in effect only
+// explanations change.
 fn to_dot_format_string(addr: IpAddr) -> String {
     match addr {
         IpAddr::V4(addr) => addr.to_string(),
         IpAddr::V6(addr) => addr
             .octets()
             .iter()
-            .map(|o| format!("{:x}.{:x}", o >> 4, o & 0xf))
+            .map(|o| format!("{:X}.{:X}", o >> 4, o & 0xf))
             .collect::<Vec<_>>()
             .join("."),
     }
@@ -365,6 +370,15 @@ mod tests {
         assert_eq!(split(",++.,", ".,+"), ["", ""]);
         assert_eq!(split("++.,ab", ".,+"), ["", "ab"]);
         assert_eq!(split("c,..", ".,+"), ["c", ""]);
+    }
+
+    #[test]
+    fn to_dot_format_string_ok() {
+        assert_eq!(to_dot_format_string([192, 0, 2, 3].into()), "192.0.2.3");
+        assert_eq!(
+            to_dot_format_string("2001:db8::cb01".parse().unwrap()),
+            "2.0.0.1.0.D.B.8.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.C.B.0.1"
+        );
     }
 
     #[test]

@@ -19,7 +19,10 @@ use crate::{
         query::{Query, Resolver},
         EvalError, Evaluate, EvaluateMatch, EvaluateToString, MatchResult,
     },
-    record::{Explanation, Modifier, Qualifier, Redirect, SpfRecord},
+    record::{
+        DomainSpec, Explanation, Macro, MacroExpand, MacroKind, MacroStringSegment, Modifier,
+        Qualifier, Redirect, SpfRecord,
+    },
     result::{ErrorCause, ExplanationString, SpfResult},
     trace::Tracepoint,
 };
@@ -49,6 +52,19 @@ impl Evaluate for SpfRecord {
                 return SpfResult::Permerror;
             }
         };
+
+        // nobounce patch. §7.1: ‘The following macro letters are allowed only
+        // in "exp" text: c, r, t’. The target of the "exp" modifier is a
+        // domain-spec, not "exp" text, so such a record is invalid, and §4.6:
+        // ‘If there are any syntax errors anywhere in the record, check_host()
+        // returns immediately with the result "permerror"’. This must be
+        // checked here: `compute_explanation` runs only for a "fail" result,
+        // expands the domain-spec like "exp" text, and ignores errors (§6.2).
+        if let Some(macro_) = explanation.and_then(|e| find_exp_only_macro(&e.domain_spec)) {
+            trace!(query, Tracepoint::InvalidMacroInExpModifier(macro_.clone()));
+            query.result_cause = Some(ErrorCause::InvalidSpfRecordSyntax.into());
+            return SpfResult::Permerror;
+        }
 
         // §4.6.2: ‘Each mechanism is considered in turn from left to right.’
         for directive in self.directives() {
@@ -165,6 +181,26 @@ fn get_explanation(record: &SpfRecord) -> Result<Option<&Explanation>, Vec<Expla
     }
 }
 
+// The first macro in a domain-spec whose letter is allowed only in "exp" text
+// (§7.1: c, r, t). (nobounce patch)
+fn find_exp_only_macro(domain_spec: &DomainSpec) -> Option<&Macro> {
+    domain_spec
+        .as_ref()
+        .segments
+        .iter()
+        .find_map(|segment| match segment {
+            MacroStringSegment::MacroExpand(MacroExpand::Macro(macro_))
+                if matches!(
+                    macro_.kind(),
+                    MacroKind::PrettyIp | MacroKind::Receiver | MacroKind::Timestamp
+                ) =>
+            {
+                Some(macro_)
+            }
+            _ => None,
+        })
+}
+
 async fn compute_explanation(
     explanation: Option<&Explanation>,
     query: &mut Query<'_>,
@@ -213,5 +249,29 @@ mod tests {
             .parse()
             .unwrap();
         assert!(get_redirect(&record).is_err());
+    }
+
+    #[test]
+    fn find_exp_only_macro_ok() {
+        let exp_macro = |record: &str| {
+            let record: SpfRecord = record.parse().unwrap();
+            let explanation = get_explanation(&record).unwrap().unwrap();
+            find_exp_only_macro(&explanation.domain_spec).map(|m| m.to_string())
+        };
+
+        assert_eq!(
+            exp_macro("v=spf1 -all exp=%{r}.example.org"),
+            Some("%{r}".into())
+        );
+        assert_eq!(
+            exp_macro("v=spf1 -all exp=x.%{C}.example.org"),
+            Some("%{C}".into())
+        );
+        assert_eq!(
+            exp_macro("v=spf1 -all exp=%{d}.%{t2}"),
+            Some("%{t2}".into())
+        );
+        assert_eq!(exp_macro("v=spf1 -all exp=%{ir}.%{l}.%{d2}"), None);
+        assert_eq!(exp_macro("v=spf1 -all exp=exp.example.org"), None);
     }
 }
