@@ -2,20 +2,16 @@
 //! Everything else lives in the library crates.
 
 use clap::{Args, Parser, Subcommand};
-use nobounce_core::{
-    dictionary::rfc3339_utc,
-    store::{from_millis, Ban, StateStore},
-};
-use nobounce_milter::{config::StoreBackend, control, Config, Milter, SocketSpec};
+use nobounce_config::{Config, ControlSocket, StoreBackend};
+use nobounce_core::{clock::rfc3339_utc, store::from_millis, store::Ban, StateStore};
+use nobounce_server::{control, logging, MilterListener};
 use nobounce_store_redis::RedisStore;
 use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::SystemTime};
 use tokio::{
-    net::{TcpListener, UnixListener},
     signal::unix::{signal, SignalKind},
-    sync::watch,
+    sync::{mpsc, watch},
 };
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
 
 /// A milter that makes the mail server reject during the SMTP dialog
 /// instead of bouncing later.
@@ -28,7 +24,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the milter (foreground; logs to stderr in UTC).
+    /// Run the milter (foreground; logs to stderr in UTC). SIGHUP reloads
+    /// the configuration file, SIGTERM and SIGINT stop after open
+    /// connections finish.
     Run(RunArgs),
     /// Work with configuration files.
     #[command(subcommand)]
@@ -74,7 +72,7 @@ struct RunArgs {
     config: Option<PathBuf>,
     /// Listen here instead of the configured socket: inet:HOST:PORT or unix:PATH.
     #[arg(short, long, value_name = "SOCKET")]
-    socket: Option<SocketSpec>,
+    socket: Option<nobounce_core::Endpoint>,
     /// Log what would be refused, refuse nothing.
     #[arg(long)]
     dry_run: bool,
@@ -82,7 +80,10 @@ struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
-    /// Check a configuration file and print the effective configuration.
+    /// Check a configuration file: read it, and build everything `run`
+    /// would (backends, map files, resolver, Redis client) without binding
+    /// sockets; print the effective configuration, or every error with its
+    /// file:line:col.
     Check {
         /// The file to check.
         file: PathBuf,
@@ -92,35 +93,43 @@ enum ConfigCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Config(ConfigCommand::Check { file }) => match Config::from_file(&file) {
-            Ok(config) => {
-                print!("{}", config.to_toml());
-                ExitCode::SUCCESS
-            }
+        Command::Config(ConfigCommand::Check { file }) => check(&file),
+        Command::Run(args) => run(args),
+        Command::Ban(args) => match runtime().and_then(|rt| rt.block_on(ban(args))) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("nobounce: {e}");
                 ExitCode::FAILURE
             }
         },
-        Command::Run(args) => run(args),
-        Command::Ban(args) => {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("nobounce: cannot start runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(ban(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("nobounce: {e}");
-                    ExitCode::FAILURE
-                }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))
+}
+
+fn check(file: &std::path::Path) -> ExitCode {
+    let checked = Config::from_file(file).and_then(|config| {
+        // Map files with a watcher are built inside a runtime, as in `run`.
+        let rt =
+            runtime().map_err(|e| nobounce_config::ConfigErrors(vec![config.error_at("", e)]))?;
+        rt.block_on(async { nobounce_server::check(&config) })
+            .map(|()| config)
+    });
+    match checked {
+        Ok(config) => {
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in errors.0 {
+                eprintln!("nobounce: {e}");
             }
+            ExitCode::FAILURE
         }
     }
 }
@@ -142,64 +151,63 @@ async fn ban(args: BanArgs) -> Result<(), String> {
     };
     let prefix = config.dictionary.ipv6_prefix;
     let now = SystemTime::now();
-    match config.store.backend {
-        StoreBackend::Redis => {
-            let store = RedisStore::new(&config.store.redis).map_err(|e| e.to_string())?;
-            let store: &dyn StateStore = &store;
-            match args.command {
-                BanCommand::List => {
-                    for b in control::list(store, now).await.map_err(|e| e.to_string())? {
-                        print_ban(&b);
-                    }
+    if config.store.backend == StoreBackend::Redis {
+        let store = RedisStore::new(&config.store.redis).map_err(|e| e.to_string())?;
+        let store: &dyn StateStore = &store;
+        match args.command {
+            BanCommand::List => {
+                for b in control::list(store, now).await.map_err(|e| e.to_string())? {
+                    print_ban(&b);
                 }
-                BanCommand::Lift { ip } => {
-                    let key = control::key_for(ip, prefix);
-                    control::lift(store, &key, now)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    println!("lifted {key}");
-                }
-                BanCommand::Add { ip, duration } => {
-                    let d = control::parse_duration(&duration)?;
-                    let key = control::key_for(ip, prefix);
-                    let until = control::add(store, &key, d, now)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    println!("banned {key} until {}", rfc3339_utc(until));
+            }
+            BanCommand::Lift { ip } => {
+                let key = control::key_for(ip, prefix);
+                control::lift(store, &key, now)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!("lifted {key}");
+            }
+            BanCommand::Add { ip, duration } => {
+                let d = control::parse_ban_duration(&duration)?;
+                let key = control::key_for(ip, prefix);
+                let until = control::add(store, &key, d, now)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!("banned {key} until {}", rfc3339_utc(until));
+            }
+        }
+        return Ok(());
+    }
+    let path = config.store.control_socket.path().ok_or_else(|| {
+        match config.store.control_socket {
+            ControlSocket::Off => "the memory store is reached through the control socket, but store.control_socket is \"\"".to_string(),
+            _ => "the memory store is reached through the control socket, and without root or $XDG_RUNTIME_DIR it has no default place: set store.control_socket".to_string(),
+        }
+    })?;
+    match args.command {
+        BanCommand::List => {
+            for line in control::request(&path, "LIST").await? {
+                if let Some(b) = control::parse_ban_line(&line) {
+                    print_ban(&b);
                 }
             }
         }
-        StoreBackend::Memory => {
-            let path = control::socket_path(&config.store.control_socket).ok_or(
-                "the memory store is reached through the control socket, but store.control_socket is empty",
-            )?;
-            match args.command {
-                BanCommand::List => {
-                    for line in control::request(&path, "LIST").await? {
-                        if let Some(b) = control::parse_ban_line(&line) {
-                            print_ban(&b);
-                        }
-                    }
-                }
-                BanCommand::Lift { ip } => {
-                    let key = control::key_for(ip, prefix);
-                    control::request(&path, &format!("LIFT {key}")).await?;
-                    println!("lifted {key}");
-                }
-                BanCommand::Add { ip, duration } => {
-                    let d = control::parse_duration(&duration)?;
-                    let key = control::key_for(ip, prefix);
-                    let reply =
-                        control::request(&path, &format!("ADD {key} {}", d.as_secs())).await?;
-                    let until = reply
-                        .first()
-                        .and_then(|l| l.strip_prefix("OK "))
-                        .and_then(|ms| ms.parse().ok())
-                        .map(from_millis)
-                        .ok_or("unexpected answer from the control socket")?;
-                    println!("banned {key} until {}", rfc3339_utc(until));
-                }
-            }
+        BanCommand::Lift { ip } => {
+            let key = control::key_for(ip, prefix);
+            control::request(&path, &format!("LIFT {key}")).await?;
+            println!("lifted {key}");
+        }
+        BanCommand::Add { ip, duration } => {
+            let d = control::parse_ban_duration(&duration)?;
+            let key = control::key_for(ip, prefix);
+            let reply = control::request(&path, &format!("ADD {key} {}", d.as_secs())).await?;
+            let until = reply
+                .first()
+                .and_then(|l| l.strip_prefix("OK "))
+                .and_then(|ms| ms.parse().ok())
+                .map(from_millis)
+                .ok_or("unexpected answer from the control socket")?;
+            println!("banned {key} until {}", rfc3339_utc(until));
         }
     }
     Ok(())
@@ -208,37 +216,19 @@ async fn ban(args: BanArgs) -> Result<(), String> {
 /// Loads the file (if any) and applies the command-line overrides.
 fn load(args: &RunArgs) -> Result<Config, String> {
     let mut config = match &args.config {
-        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+        Some(path) => Config::from_file(path).map_err(|e| e.one_line())?,
         None => Config::default(),
     };
     if let Some(socket) = &args.socket {
+        if let Err(e) = socket.listen_addr() {
+            return Err(e.to_string());
+        }
         config.socket = socket.clone();
     }
     if args.dry_run {
         config.dry_run = true;
     }
     Ok(config)
-}
-
-/// Sets up logging to stderr. Lines are formatted on the calling thread and
-/// written by a background thread through a buffer, so a busy milter does
-/// not pay a write system call per log line; nothing is dropped (the
-/// channel blocks when full). The guard flushes what is left at exit.
-fn init_logging(level: &str) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::BufWriter::new(std::io::stderr()));
-    // The default timer prints RFC 3339 timestamps in UTC.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(ansi)
-        .init();
-    guard
 }
 
 fn run(args: RunArgs) -> ExitCode {
@@ -249,7 +239,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let _log_guard = init_logging(&config.log.level);
+    let _log_guard = logging::init(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -271,36 +261,30 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 async fn serve(args: RunArgs, config: Config) -> Result<(), String> {
-    let socket = config.socket.clone();
-    let milter = Milter::new(config).map_err(|e| e.to_string())?;
-    let control = milter.spawn_control().map_err(|e| e.to_string())?;
-
+    let listener = MilterListener::bind(&config)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.socket))?;
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    let (reload_tx, reload_rx) = mpsc::channel(4);
     let mut sighup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
-
-    let reloader = milter.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = sighup.recv() => {
                     if args.config.is_none() {
-                        info!("SIGHUP: no configuration file given, nothing to reload");
+                        info!(event = "reload_skipped", "SIGHUP: no configuration file given, nothing to reload");
                         continue;
                     }
                     match load(&args) {
-                        Ok(c) => {
-                            if let Err(e) = reloader.reload(c).await {
-                                warn!("SIGHUP: reload failed, keeping the old configuration: {e}");
-                            }
-                        }
-                        Err(e) => warn!("SIGHUP: reload failed, keeping the old configuration: {e}"),
+                        Ok(c) => { let _ = reload_tx.send(c).await; }
+                        Err(e) => warn!(event = "reload_failed", "SIGHUP: reload failed, keeping the running configuration: {e}"),
                     }
                 }
-                _ = sigterm.recv() => { info!("SIGTERM: finishing open connections, then exiting"); break; }
-                _ = sigint.recv() => { info!("SIGINT: finishing open connections, then exiting"); break; }
+                _ = sigterm.recv() => { info!(event = "stopping", "SIGTERM: finishing open connections, then exiting"); break; }
+                _ = sigint.recv() => { info!(event = "stopping", "SIGINT: finishing open connections, then exiting"); break; }
             }
         }
         let _ = stop_tx.send(true);
@@ -308,43 +292,7 @@ async fn serve(args: RunArgs, config: Config) -> Result<(), String> {
     let shutdown = async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     };
-
-    match &socket {
-        SocketSpec::Inet(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {socket}: {e}"))?;
-            info!(socket = %socket, version = env!("CARGO_PKG_VERSION"), "nobounce listening");
-            milter
-                .serve_tcp(listener, shutdown)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        SocketSpec::Unix(path) => {
-            // A socket file left by an earlier run would make bind fail.
-            if std::fs::symlink_metadata(path)
-                .map(|m| {
-                    use std::os::unix::fs::FileTypeExt;
-                    m.file_type().is_socket()
-                })
-                .unwrap_or(false)
-            {
-                let _ = std::fs::remove_file(path);
-            }
-            let listener =
-                UnixListener::bind(path).map_err(|e| format!("cannot listen on {socket}: {e}"))?;
-            info!(socket = %socket, version = env!("CARGO_PKG_VERSION"), "nobounce listening");
-            let result = milter.serve(listener, shutdown).await;
-            let _ = std::fs::remove_file(path);
-            result.map_err(|e| e.to_string())?;
-        }
-    }
-    if let Some(task) = control {
-        task.abort();
-        if let Some(path) = control::socket_path(&milter.config().store.control_socket) {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-    info!("nobounce stopped");
-    Ok(())
+    nobounce_server::run(listener, config, reload_rx, shutdown)
+        .await
+        .map_err(|e| e.to_string())
 }

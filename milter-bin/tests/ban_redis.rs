@@ -6,7 +6,7 @@
 //! passes, unless `NOBOUNCE_E2E=required`, which makes it fail.
 
 use nobounce_core::{
-    dictionary::rfc3339_utc,
+    clock::rfc3339_utc,
     store::{Ban, StateStore},
 };
 use nobounce_store_redis::{RedisConfig, RedisStore};
@@ -59,8 +59,8 @@ async fn ban_add_list_lift_go_straight_to_redis() {
     let redis_config = RedisConfig {
         url: redis.url(),
         prefix: "cli-test:".into(),
-        timeout_ms: 2000,
-        retry_ms: 200,
+        timeout: Duration::from_secs(2),
+        retry: Duration::from_millis(200),
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("nobounce.toml");
@@ -69,8 +69,10 @@ async fn ban_add_list_lift_go_straight_to_redis() {
         &config,
         format!(
             "[store]\nbackend = \"redis\"\ncontrol_socket = \"\"\n\n[store.redis]\n\
-             url = \"{}\"\nprefix = \"{}\"\ntimeout_ms = {}\n",
-            redis_config.url, redis_config.prefix, redis_config.timeout_ms
+             url = \"{}\"\nprefix = \"{}\"\ntimeout = \"{}ms\"\n",
+            redis_config.url,
+            redis_config.prefix,
+            redis_config.timeout.as_millis()
         ),
     )
     .expect("write config");

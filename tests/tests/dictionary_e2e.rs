@@ -18,17 +18,17 @@
 //! runtime, which lets the outage test capture the milters' log events of
 //! its own thread.
 
-use nobounce_core::dictionary::{rfc3339_utc, BAN_REASON};
+use nobounce_config::Config;
 use nobounce_core::store::StateStore;
+use nobounce_core::{clock::rfc3339_utc, dictionary::BAN_REASON};
+use nobounce_server::{control, Service};
+use nobounce_store_redis::{RedisConfig, RedisStore};
 use nobounce_test_support::dns::{TestDnsServer, TestRecord};
 use nobounce_test_support::{
     bind_loopback, poll_until, require, Background, LogCapture, MessageBuilder, PostfixInstance,
     RedisInstance, Reply, SmtpClient, SmtpSink, DEFAULT_TIMEOUT,
 };
-use nobounce_milter::{control, Config, Milter};
-use nobounce_store_redis::{RedisConfig, RedisStore};
 use std::cell::Cell;
-use std::io::{self};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -52,7 +52,7 @@ const HELO: &str = "client.sender.test";
 /// One MX host: a nobounce milter and the Postfix that uses it.
 struct Host {
     name: &'static str,
-    _milter: Background<io::Result<()>>,
+    _milter: Background<std::io::Result<()>>,
     postfix: PostfixInstance,
 }
 
@@ -101,24 +101,24 @@ control_socket = ""
 [store.redis]
 url = "{url}"
 prefix = "{prefix}"
-timeout_ms = {timeout}
-retry_ms = {retry}
+timeout = "{timeout}ms"
+retry = "{retry}ms"
 "#,
         map = map.display(),
         url = redis.url,
         prefix = redis.prefix,
-        timeout = redis.timeout_ms,
-        retry = redis.retry_ms,
+        timeout = redis.timeout.as_millis(),
+        retry = redis.retry.as_millis(),
     );
     Config::from_toml_str(&text).expect("valid test configuration")
 }
 
 async fn host(name: &'static str, config: Config, sink: &SmtpSink) -> Host {
-    let milter = Milter::new(config).expect("milter setup");
+    let milter = Service::new(config).expect("milter setup");
     let listener = bind_loopback().await.expect("bind milter");
     let milter_addr = listener.local_addr().expect("milter address");
     let task =
-        Background::spawn(|shutdown| async move { milter.serve_tcp(listener, shutdown).await });
+        Background::spawn(|shutdown| async move { milter.serve_milter(listener, shutdown).await });
     let postfix = PostfixInstance::builder()
         .milter(milter_addr)
         .relay_to(sink.addr())
@@ -139,9 +139,9 @@ async fn site(ban_secs: u64) -> Site {
         url: redis.url(),
         prefix: "e2e:".into(),
         // Generous for a loaded CI machine; a dead Redis refuses at once.
-        timeout_ms: 2000,
+        timeout: Duration::from_secs(2),
         // Try Redis again soon after an outage.
-        retry_ms: 200,
+        retry: Duration::from_millis(200),
     };
     let dns = TestDnsServer::start([
         TestRecord::txt("sender.test", "v=spf1 ip4:127.0.0.0/8 -all", 300),
@@ -256,20 +256,21 @@ async fn refusal(host: &Host, client: IpAddr) -> Option<Refusal> {
     Some(Refusal { at, reply, hung_up })
 }
 
-/// What a banned client sees: Postfix's 220 greeting, then nobounce's ban
-/// as the reply to EHLO, `421 4.7.0 <client> banned until <UTC>Z:
-/// <reason>`, and Postfix hangs up.
+/// What a banned client sees: Postfix's 220 greeting, its EHLO answered,
+/// then nobounce's ban as the reply to MAIL FROM, `421 4.7.0 <client>
+/// banned until <UTC>Z: <reason>`, and Postfix hangs up.
 ///
-/// nobounce tells a ban at the client's first command rather than at the
-/// milter CONNECT event, because Postfix's smtpd turns any milter 421 at
-/// CONNECT into its own `421 <myhostname> Service unavailable` greeting and
-/// the client would never see why, nor until when.
+/// nobounce tells a ban at MAIL FROM rather than at the milter CONNECT
+/// event, because Postfix's smtpd turns any milter 421 at CONNECT into its
+/// own `421 <myhostname> Service unavailable` greeting and the client would
+/// never see why, nor until when; and not at EHLO, because SMTP AUTH comes
+/// after it and an authenticated session is never banned.
 #[track_caller]
 fn assert_refused_at_connect(refusal: &Refusal, host: &Host, client: IpAddr) {
     assert_eq!(
         (refusal.at, refusal.reply.code),
-        ("EHLO", 421),
-        "{client} on host {}: expected nobounce's 421 at EHLO (never a 5xx): {refusal:?}",
+        ("MAIL FROM", 421),
+        "{client} on host {}: expected nobounce's 421 at MAIL FROM (never a 5xx): {refusal:?}",
         host.name
     );
     assert!(
@@ -311,16 +312,16 @@ fn assert_ban(reply: &Reply, client: IpAddr, reason: &str) -> String {
 
 /// Postfix's log line prefix of nobounce's verdicts at EHLO for `client`.
 fn connect_reject_marker(client: IpAddr) -> String {
-    format!("milter-reject: EHLO from unknown[{client}]: ")
+    format!("milter-reject: MAIL from unknown[{client}]: ")
 }
 
-/// nobounce's reply in the `index`-th EHLO reject of `client` that
+/// nobounce's reply in the `index`-th MAIL reject of `client` that
 /// `host`'s Postfix logged, waiting for it to be logged.
 async fn logged_connect_reply(host: &Host, client: IpAddr, index: usize) -> Reply {
     let marker = connect_reject_marker(client);
     let line = poll_until(
         &format!(
-            "EHLO reject #{index} of {client} in host {}'s log",
+            "MAIL reject #{index} of {client} in host {}'s log",
             host.name
         ),
         DEFAULT_TIMEOUT,
@@ -335,11 +336,11 @@ async fn logged_connect_reply(host: &Host, client: IpAddr, index: usize) -> Repl
     )
     .await
     .expect("Postfix logs the milter's reply");
-    // "...: 421 4.7.0 127.0.0.2 banned until ...Z: reason; proto=SMTP"
+    // "...: 421 4.7.0 127.0.0.2 banned until ...Z: reason; from=<...> proto=ESMTP ..."
     let logged = line
         .split_once(&marker)
         .map(|(_, r)| r)
-        .and_then(|r| r.split_once("; proto=").map(|(reply, _)| reply))
+        .and_then(|r| r.split_once("; from=").map(|(reply, _)| reply))
         .unwrap_or_else(|| panic!("unexpected log line: {line}"));
     let (code, text) = logged
         .split_once(' ')

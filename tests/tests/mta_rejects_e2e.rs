@@ -7,7 +7,9 @@
 //! client sees comes from Postfix (`virtual_mailbox_maps`).
 
 use nobounce_test_support::dns::{TestDnsServer, TestRecord};
-use nobounce_test_support::{bind_loopback, require, Background, PostfixInstance, SmtpClient, SmtpSink};
+use nobounce_test_support::{
+    bind_loopback, require, Background, PostfixInstance, SmtpClient, SmtpSink,
+};
 use std::net::{IpAddr, Ipv4Addr};
 
 const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5));
@@ -26,7 +28,7 @@ async fn recipients_postfix_rejects_as_unknown_ban_the_client() {
     )])
     .await
     .expect("DNS");
-    let config = nobounce_milter::Config::from_toml_str(&format!(
+    let config = nobounce_config::Config::from_toml_str(&format!(
         "[dns]\nnameservers = [\"{}\"]\ntimeout_secs = 1\nattempts = 1\n\
          [spf]\ntrusted_networks = []\n\
          [dictionary]\nthreshold = 3\n\
@@ -36,7 +38,8 @@ async fn recipients_postfix_rejects_as_unknown_ban_the_client() {
     .expect("config");
     let listener = bind_loopback().await.expect("bind");
     let milter_addr = listener.local_addr().expect("addr");
-    let _milter = Background::spawn(|shutdown| nobounce_milter::run(listener, config, shutdown));
+    let _milter =
+        Background::spawn(|shutdown| nobounce_server::run_tcp(listener, config, shutdown));
     let sink = SmtpSink::start().await.expect("sink");
     let postfix = PostfixInstance::builder()
         .milter(milter_addr)
@@ -79,11 +82,16 @@ async fn recipients_postfix_rejects_as_unknown_ban_the_client() {
     }
     let _ = c.quit().await;
 
-    // The next connection of that client is told it is banned.
+    // The next connection of that client is told it is banned, at MAIL
+    // FROM.
     let mut c = SmtpClient::connect_from(ATTACKER, postfix.smtp_addr())
         .await
         .expect("connect");
-    let r = c.ehlo("client.sender.test").await.expect("ehlo");
+    c.ehlo("client.sender.test")
+        .await
+        .expect("ehlo")
+        .assert_code(250);
+    let r = c.mail_from("news@sender.test", &[]).await.expect("mail");
     r.assert_code(421);
     assert!(
         r.text().starts_with("4.7.0 127.0.0.5 banned until "),

@@ -82,7 +82,7 @@ struct Site {
     postfix: PostfixInstance,
     /// Postfix's relayhost: a bounce to the sender would end up here.
     sink: SmtpSink,
-    _milter: Background<std::io::Result<()>>,
+    _milter: Background<Result<(), nobounce_server::RunError>>,
     _dns: TestDnsServer,
 }
 
@@ -92,7 +92,7 @@ fn milter_config(
     backend: Backend,
     over_quota: &str,
     cache: Cache,
-) -> nobounce_milter::Config {
+) -> nobounce_config::Config {
     let chain = match backend {
         Backend::RcptProbe => r#"["lmtp"]"#,
         Backend::QuotaStatus => r#"["quota"]"#,
@@ -142,7 +142,7 @@ timeout = "5s"
         lmtp = dovecot.lmtp_addr(),
         quota_status = dovecot.quota_status_addr(),
     );
-    nobounce_milter::Config::from_toml_str(&toml)
+    nobounce_config::Config::from_toml_str(&toml)
         .unwrap_or_else(|e| panic!("milter config: {e}\n{toml}"))
 }
 
@@ -162,7 +162,7 @@ async fn site(dovecot: DovecotBuilder, backend: Backend, over_quota: &str, cache
     let config = milter_config(&dns, &dovecot, backend, over_quota, cache);
     let listener = bind_loopback().await.expect("bind milter");
     let milter_addr = listener.local_addr().expect("milter address");
-    let milter = Background::spawn(|shutdown| nobounce_milter::run(listener, config, shutdown));
+    let milter = Background::spawn(|shutdown| nobounce_server::run_tcp(listener, config, shutdown));
     let sink = SmtpSink::start().await.expect("sink");
     let postfix = PostfixInstance::builder()
         .milter(milter_addr)
@@ -266,16 +266,25 @@ async fn assert_no_backscatter(site: &Site) {
 
 /// Postfix logged that the milter (nobounce), not Postfix itself, refused
 /// `rcpt` with `reply`.
-fn assert_milter_rejected(postfix: &PostfixInstance, rcpt: &str, reply: &Reply) {
+async fn assert_milter_rejected(postfix: &PostfixInstance, rcpt: &str, reply: &Reply) {
     let wire = reply.to_string();
-    let lines: Vec<String> = postfix
-        .log_lines_containing("milter-reject: RCPT from")
-        .into_iter()
-        .filter(|l| l.contains(&format!("to=<{rcpt}>")))
-        .collect();
+    let lines = || -> Vec<String> {
+        postfix
+            .log_lines_containing("milter-reject: RCPT from")
+            .into_iter()
+            .filter(|l| l.contains(&format!("to=<{rcpt}>")))
+            .collect()
+    };
+    // Postfix writes its log asynchronously (postlogd): wait for the line.
+    let logged = wait_until("the milter-reject log line", DEFAULT_TIMEOUT, || {
+        let found = lines().iter().any(|l| l.contains(&wire));
+        async move { Ok(found) }
+    })
+    .await;
     assert!(
-        lines.iter().any(|l| l.contains(&wire)),
-        "no milter-reject of {rcpt} with {wire:?} in Postfix's log: {lines:#?}\n{}",
+        logged.is_ok(),
+        "no milter-reject of {rcpt} with {wire:?} in Postfix's log: {:#?}\n{}",
+        lines(),
         postfix.log()
     );
 }
@@ -338,14 +347,15 @@ async fn full_unknown_and_healthy(backend: Backend, over_quota: &str) {
 
     // Delivered to the healthy mailbox, through Postfix and nobounce.
     let delivered = wait_for_delivery(dovecot, ALICE, &subject).await;
-    let spf = nobounce_test_support::header_value(&delivered, "Received-SPF").expect("Received-SPF");
+    let spf =
+        nobounce_test_support::header_value(&delivered, "Received-SPF").expect("Received-SPF");
     assert!(spf.starts_with("pass "), "{spf}");
     let to = nobounce_test_support::header_value(&delivered, "Delivered-To");
     assert_eq!(to.as_deref(), Some(ALICE));
     wait_for_saved_line(dovecot, ALICE, mark, 1).await;
 
-    assert_milter_rejected(&site.postfix, FULL, &full);
-    assert_milter_rejected(&site.postfix, NOBODY, &nobody);
+    assert_milter_rejected(&site.postfix, FULL, &full).await;
+    assert_milter_rejected(&site.postfix, NOBODY, &nobody).await;
     assert_no_backscatter(&site).await;
 
     // Dovecot never got the message for the refused recipients: no
@@ -464,7 +474,7 @@ async fn size_larger_than_room_left(backend: Backend) {
     wait_for_delivery(dovecot, EMPTY, "big one").await;
     wait_for_delivery(dovecot, HALF, "small one").await;
     wait_for_saved_line(dovecot, HALF, mark, 1).await;
-    assert_milter_rejected(&site.postfix, HALF, &half);
+    assert_milter_rejected(&site.postfix, HALF, &half).await;
     assert_no_backscatter(&site).await;
     // HALF got the small message only: one delivery after the mark, and
     // no attempt with the big one.
@@ -546,7 +556,7 @@ async fn outage_and_recovery(backend: Backend) {
     );
     c.rset().await.expect("RSET").assert_code(250);
     c.quit().await.expect("QUIT");
-    assert_milter_rejected(&site.postfix, ALICE, &down);
+    assert_milter_rejected(&site.postfix, ALICE, &down).await;
     // Nothing was accepted, so nothing waits in the queue.
     assert!(
         site.postfix.queue_is_empty().await.expect("postqueue"),

@@ -15,7 +15,7 @@ const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
 struct Site {
     dns: TestDnsServer,
-    _milter: Background<std::io::Result<()>>,
+    _milter: Background<Result<(), nobounce_server::RunError>>,
     postfix: PostfixInstance,
     sink: SmtpSink,
 }
@@ -28,7 +28,7 @@ async fn site() -> Site {
     ])
     .await
     .expect("DNS server");
-    let config = nobounce_milter::Config::from_toml_str(&format!(
+    let config = nobounce_config::Config::from_toml_str(&format!(
         "[dns]\nnameservers = [\"{}\"]\ntimeout_secs = 1\nattempts = 1\n\
          [spf]\ntrusted_networks = []\ntimeout_secs = 3\n\
          headers = [\"Received-SPF\", \"Authentication-Results\"]\n",
@@ -37,7 +37,7 @@ async fn site() -> Site {
     .expect("config");
     let listener = bind_loopback().await.expect("bind milter");
     let milter_addr = listener.local_addr().expect("milter address");
-    let milter = Background::spawn(|shutdown| nobounce_milter::run(listener, config, shutdown));
+    let milter = Background::spawn(|shutdown| nobounce_server::run_tcp(listener, config, shutdown));
     let sink = SmtpSink::start().await.expect("sink");
     let postfix = PostfixInstance::builder()
         .milter(milter_addr)

@@ -24,10 +24,7 @@ pub enum RecipientStatus {
     NotHandled,
 }
 
-/// The directory failed to answer (backend down, timeout, corrupt data).
-///
-/// At SMTP time this always becomes a temporary failure (`451 4.4.3`).
-pub type DirectoryError = crate::error::BackendError;
+pub use crate::error::DirectoryError;
 
 /// A query for one recipient.
 #[derive(Clone, Debug, Eq, PartialEq)]

@@ -15,16 +15,41 @@ use std::{fmt::Debug, sync::Arc, time::Duration};
 use viaspf::lookup::Lookup;
 
 /// Policy settings of the engine (the parts of the config file that decide).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct EngineConfig {
     /// Log what would have been done, but never refuse anything.
     pub dry_run: bool,
+    /// The deadline of one SMTP command: everything the engine does for
+    /// one command (the HELO and MAIL FROM SPF checks together, a recipient
+    /// lookup, the ban bookkeeping) ends within it, and what did not finish
+    /// is a temporary failure. Keep it below the MTA's own timeout (Postfix
+    /// `milter_command_timeout`, 30 s by default), so that the client gets
+    /// nobounce's 4xx rather than the MTA's `milter_default_action`.
+    /// Default: [`Self::DEFAULT_COMMAND_TIMEOUT`].
+    pub command_timeout: Duration,
     /// SPF settings.
     pub spf: SpfConfig,
     /// Recipient policy (used when a directory is configured).
     pub recipients: RecipientPolicy,
     /// Dictionary-attack bans.
     pub dictionary: DictionaryConfig,
+}
+
+impl EngineConfig {
+    /// 25 s: below Postfix's 30 s `milter_command_timeout`.
+    pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(25);
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            command_timeout: Self::DEFAULT_COMMAND_TIMEOUT,
+            spf: SpfConfig::default(),
+            recipients: RecipientPolicy::default(),
+            dictionary: DictionaryConfig::default(),
+        }
+    }
 }
 
 /// The decision engine. Cheap to clone; one per configuration generation,
@@ -114,6 +139,21 @@ impl Engine {
     }
 }
 
+/// Where a front end gets the engine for a new connection: the current
+/// configuration generation. A fixed [`Engine`] is a source of itself; a
+/// daemon that reloads its configuration hands out the newest one, and each
+/// connection keeps the engine it started with.
+pub trait EngineSource: Send + Sync + Debug {
+    /// The engine new connections should use.
+    fn engine(&self) -> Engine;
+}
+
+impl EngineSource for Engine {
+    fn engine(&self) -> Engine {
+        self.clone()
+    }
+}
+
 /// Builder for [`Engine`].
 #[derive(Debug)]
 pub struct EngineBuilder {
@@ -126,15 +166,15 @@ pub struct EngineBuilder {
 
 impl EngineBuilder {
     /// Evaluates SPF with `lookup` (uncached), bounded by the configured
-    /// `spf.timeout_secs`.
+    /// `spf.timeout`.
     pub fn lookup<L: Lookup + Debug + 'static>(mut self, lookup: L) -> Self {
-        let timeout = Duration::from_secs(self.config.spf.timeout_secs);
+        let timeout = self.config.spf.timeout;
         self.spf = Some(Arc::new(LookupVerifier::new(lookup, timeout)));
         self
     }
 
     /// Evaluates SPF with `lookup` through a [`CachingVerifier`]: answers
-    /// kept for their smallest DNS TTL (at most `spf.cache_max_ttl_secs`),
+    /// kept for their smallest DNS TTL (at most `spf.cache_max_ttl`),
     /// `spf.cache_size` entries, concurrent identical checks sharing one
     /// evaluation. Uses the clock set so far (call [`Self::clock`] first).
     /// To share one cache between engines (reloads), build the
@@ -175,19 +215,27 @@ impl EngineBuilder {
     }
 
     /// Builds the engine. Without a lookup or verifier, SPF checks answer
-    /// `temperror` (so they tempfail by default rather than pass).
+    /// `temperror` (so they tempfail by default rather than pass). A dry-run
+    /// engine reads the store but writes only to a private one
+    /// ([`DryRunStore`](crate::store::DryRunStore)).
     pub fn build(self) -> Engine {
         let spf = self
             .spf
             .unwrap_or_else(|| Arc::new(crate::spf::UnconfiguredVerifier));
+        let store: Arc<dyn StateStore> = self
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryStore::default()));
+        let store: Arc<dyn StateStore> = if self.config.dry_run {
+            Arc::new(crate::store::DryRunStore::new(store))
+        } else {
+            store
+        };
         Engine {
             inner: Arc::new(EngineInner {
                 config: self.config,
                 spf,
                 directory: self.directory,
-                store: self
-                    .store
-                    .unwrap_or_else(|| Arc::new(MemoryStore::default())),
+                store,
                 clock: self.clock,
             }),
         }

@@ -22,8 +22,9 @@
 //! - [`engine`]: [`Engine`] (configuration plus ports, shared) and
 //!   [`session`]: [`Session`] (one connection: facts in, verdicts out).
 //! - [`address`]: envelope addresses and ESMTP parameters; [`error`]: the
-//!   [`error::BackendError`] of a failed backend (`DirectoryError`,
-//!   `StoreError`).
+//!   errors of a failed backend ([`DirectoryError`], [`StoreError`]).
+//! - [`endpoint`]: socket addresses as configuration files write them;
+//!   [`smtp_reply`]: reading a mail server's replies (for backends).
 //! - [`store`]: the [`StateStore`] port (shared counters and bans) with
 //!   [`MemoryStore`]; [`dictionary`]: the dictionary-attack ban policy.
 
@@ -32,11 +33,13 @@ pub mod clock;
 pub mod dictionary;
 pub mod directory;
 pub mod dns;
+pub mod endpoint;
 pub mod engine;
 pub mod error;
 pub mod recipient;
 pub mod reply;
 pub mod session;
+pub mod smtp_reply;
 pub mod spf;
 pub mod spf_cache;
 pub mod store;
@@ -45,12 +48,14 @@ pub mod verdict;
 pub use crate::{
     address::EnvelopeAddress,
     clock::{Clock, ManualClock, SystemClock},
-    directory::{DirectoryError, RecipientDirectory, RecipientQuery, RecipientStatus},
-    engine::{Engine, EngineBuilder, EngineConfig},
+    directory::{RecipientDirectory, RecipientQuery, RecipientStatus},
+    endpoint::Endpoint,
+    engine::{Engine, EngineBuilder, EngineConfig, EngineSource},
+    error::{DirectoryError, StoreError},
     reply::{sanitize_text, EnhancedStatus, Reply, ReplyCode, ReplyError},
     session::{EomPlan, Session, Stage},
     spf::{SpfAction, SpfConfig, SpfHeader, SpfVerifier},
     spf_cache::{CacheStats, CachingVerifier},
-    store::{Ban, BanRule, MemoryStore, StateStore, StoreError, Strike},
+    store::{Ban, BanRule, MemoryStore, StateStore, Strike},
     verdict::{Policy, Reason, Verdict},
 };

@@ -7,10 +7,10 @@ use crate::{
     reply::Reply,
     verdict::{Policy, Reason, Verdict},
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// How to refuse a recipient whose mailbox is over quota.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Eq, Hash, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Eq, Hash, PartialEq, Serialize)]
 pub enum QuotaReply {
     /// `452 4.2.2`: temporary; the sender retries and may get through once
     /// the owner has made room. The default.
@@ -23,8 +23,7 @@ pub enum QuotaReply {
 }
 
 /// Recipient policy settings (`[recipients]` in the config file).
-#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Clone, Debug, Eq, PartialEq, Serialize)]
 pub struct RecipientPolicy {
     /// Reply for a full mailbox: `"452"` (default) or `"552"`.
     pub over_quota: QuotaReply,

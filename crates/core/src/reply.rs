@@ -23,7 +23,8 @@ pub const MAX_TEXT_LEN: usize = 980;
 pub enum ReplyError {
     /// The reply code is not a 4xx or 5xx code.
     InvalidCode(String),
-    /// The enhanced status code is not `class.subject.detail` with class 4 or 5.
+    /// The enhanced status code is not `class.subject.detail` with class 2,
+    /// 4 or 5.
     InvalidStatus(String),
     /// The reply code and the enhanced status code are of different classes.
     ClassMismatch { code: u16, status: String },
@@ -97,7 +98,10 @@ impl FromStr for ReplyCode {
     }
 }
 
-/// An RFC 3463 enhanced status code of class 4 or 5, such as `5.1.1`.
+/// An RFC 3463 enhanced status code, such as `5.1.1`: class 2 (success),
+/// 4 (transient) or 5 (permanent).
+///
+/// A [`Reply`] only takes class 4 or 5, the class of its code.
 #[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
 pub struct EnhancedStatus {
     class: u8,
@@ -108,7 +112,7 @@ pub struct EnhancedStatus {
 impl EnhancedStatus {
     /// Makes a status code. `subject` and `detail` are at most 999 (RFC 3463).
     pub fn new(class: u8, subject: u16, detail: u16) -> Result<Self, ReplyError> {
-        if !(class == 4 || class == 5) || subject > 999 || detail > 999 {
+        if !matches!(class, 2 | 4 | 5) || subject > 999 || detail > 999 {
             return Err(ReplyError::InvalidStatus(format!(
                 "{class}.{subject}.{detail}"
             )));
@@ -120,9 +124,33 @@ impl EnhancedStatus {
         })
     }
 
-    /// The class digit, 4 or 5.
+    /// The class digit: 2, 4 or 5.
     pub fn class(self) -> u8 {
         self.class
+    }
+
+    /// The subject (`1` of `5.1.1`: addressing).
+    pub fn subject(self) -> u16 {
+        self.subject
+    }
+
+    /// The detail (the last number).
+    pub fn detail(self) -> u16 {
+        self.detail
+    }
+
+    /// The status code that starts `text` (as in a reply line's text,
+    /// `"5.1.1 No such user"`), if it starts with one.
+    ///
+    /// ```
+    /// use nobounce_core::EnhancedStatus;
+    ///
+    /// let s = EnhancedStatus::at_start("4.2.2 Mailbox full").unwrap();
+    /// assert_eq!((s.class(), s.subject(), s.detail()), (4, 2, 2));
+    /// assert!(EnhancedStatus::at_start("Mailbox full").is_none());
+    /// ```
+    pub fn at_start(text: &str) -> Option<Self> {
+        text.split_whitespace().next()?.parse().ok()
     }
 }
 
@@ -291,7 +319,9 @@ mod tests {
         for code in [0, 250, 399, 600, 999] {
             assert!(Reply::new(code, "5.0.0", "x").is_err(), "{code}");
         }
-        for status in ["2.0.0", "5.0", "5.0.0.0", "5.a.0", "5.1000.0", "", "55.1.1"] {
+        for status in [
+            "2.0.0", "3.0.0", "5.0", "5.0.0.0", "5.a.0", "5.1000.0", "", "55.1.1",
+        ] {
             assert!(Reply::new(550, status, "x").is_err(), "{status}");
         }
         assert!("55".parse::<ReplyCode>().is_err());

@@ -3,23 +3,21 @@
 use crate::{
     address::{declared_size, EnvelopeAddress},
     dictionary,
-    directory::RecipientQuery,
+    directory::{DirectoryError, RecipientQuery},
     engine::Engine,
     recipient::{self, RecipientFinding},
+    reply::EnhancedStatus,
+    reply::Reply,
     spf::{self, Identity, SpfAnswer, SpfHeader, SpfOutcome, SpfRequest},
-    verdict::Verdict,
+    verdict::{Policy, Reason, Verdict},
 };
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Duration};
 use tracing::{debug, info, warn};
 use viaspf::{DomainName, Sender, SpfResult};
 
 /// The SMTP stage a verdict was given at, for logs.
 #[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
 pub enum Stage {
-    /// Connection established.
-    Connect,
-    /// HELO/EHLO.
-    Helo,
     /// MAIL FROM.
     MailFrom,
     /// RCPT TO.
@@ -32,8 +30,6 @@ impl Stage {
     /// Stable lowercase name for logs.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Connect => "connect",
-            Self::Helo => "helo",
             Self::MailFrom => "mail",
             Self::RcptTo => "rcpt",
             Self::EndOfMessage => "eom",
@@ -49,7 +45,14 @@ pub struct EomPlan {
     /// Headers to delete, as (name, 1-based occurrence index), highest index
     /// first so earlier deletions do not shift later ones.
     pub delete_headers: Vec<(String, usize)>,
+    /// Refuse the message instead (nothing to insert or delete then).
+    pub refuse: Option<Verdict>,
 }
+
+/// The most forged `Authentication-Results` headers removed from one
+/// message; a message with more is refused (each removal is one more
+/// message to the MTA; issue 13, item 11).
+pub const MAX_FORGED_AR: usize = 32;
 
 #[derive(Debug, Default)]
 struct Connection {
@@ -107,6 +110,9 @@ impl Session {
         client_name: &str,
         mta_hostname: Option<&str>,
     ) -> Verdict {
+        // A dual-stack MTA may show an IPv4 client as ::ffff:192.0.2.1: it is
+        // the IPv4 client for SPF, trust and bans (issue 13, item 11).
+        let client_ip = client_ip.map(|ip| ip.to_canonical());
         self.conn = Connection {
             client_ip,
             client_name: client_name.to_owned(),
@@ -114,19 +120,32 @@ impl Session {
             ..Default::default()
         };
         self.msg = Message::default();
-        // A banned client is told at its first command (HELO/EHLO, or MAIL
-        // without HELO), not at connect: Postfix replaces the text of a
-        // milter's 421 at connect by its own "Service unavailable", so the
-        // client would never learn why, nor until when.
-        let verdict = self.check_ban().await;
+        // A banned client is told at MAIL FROM. Not at connect: Postfix
+        // replaces the text of a milter's 421 at connect by its own "Service
+        // unavailable", so the client would never learn why, nor until when.
+        // Not at HELO: SMTP AUTH comes after it, and an authenticated session
+        // is never banned (users behind a NAT shared with a prober must
+        // still be able to submit mail; issue 13, defect 8).
+        let verdict = match tokio::time::timeout(self.command_timeout(), self.check_ban()).await {
+            Ok(v) => v,
+            Err(_) => {
+                // A slow store never refuses mail.
+                warn!(client_ip = %display_ip(client_ip), "state store too slow, ban not checked");
+                Verdict::Continue
+            }
+        };
         if verdict.is_refusal() {
             debug!(
                 client_ip = %display_ip(client_ip),
-                "client banned: refusing at its first command"
+                "client banned: refusing at MAIL FROM unless it authenticates"
             );
             self.conn.banned = Some(verdict);
         }
         Verdict::Continue
+    }
+
+    fn command_timeout(&self) -> Duration {
+        self.engine.inner.config.command_timeout
     }
 
     /// `true` if the dictionary policy leaves this client alone.
@@ -182,13 +201,16 @@ impl Session {
         }
     }
 
-    /// HELO or EHLO with `helo`.
+    /// HELO or EHLO with `helo`. Never refused (see [`Self::connect`]).
     pub async fn helo(&mut self, helo: &str) -> Verdict {
         self.conn.helo = Some(helo.trim().to_owned());
-        if let Some(banned) = self.conn.banned.clone() {
-            return self.finish(Stage::Helo, banned);
-        }
         Verdict::Continue
+    }
+
+    /// The ban of this connection's client, unless the session is
+    /// authenticated.
+    fn ban_in_force(&self) -> Option<Verdict> {
+        self.conn.banned.clone().filter(|_| !self.msg.authenticated)
     }
 
     /// Sets the MTA's queue id (macro `i`) for logs; may come at any stage.
@@ -215,10 +237,16 @@ impl Session {
             declared_size: declared_size(esmtp_args.iter().copied()),
             ..Default::default()
         };
-        if let Some(banned) = self.conn.banned.clone() {
+        if let Some(banned) = self.ban_in_force() {
             return self.finish(Stage::MailFrom, banned);
         }
-        let verdict = self.check_spf(auth_user).await;
+        // One deadline for the whole command: the HELO and the MAIL FROM
+        // evaluations together must end before the MTA gives up on us.
+        let deadline = self.command_timeout();
+        let verdict = match tokio::time::timeout(deadline, self.check_spf(auth_user)).await {
+            Ok(verdict) => verdict,
+            Err(_) => self.spf_deadline_passed(deadline),
+        };
         self.finish(Stage::MailFrom, verdict)
     }
 
@@ -316,6 +344,27 @@ impl Session {
         verdict
     }
 
+    /// The SPF checks of one MAIL command did not end within `deadline`:
+    /// the result is `temperror`, as for a DNS timeout.
+    fn spf_deadline_passed(&mut self, deadline: Duration) -> Verdict {
+        let sender = self.msg.sender.clone().unwrap_or(EnvelopeAddress::Null);
+        let mut outcome = none_outcome(
+            &sender.to_string(),
+            &format!(
+                "SPF checks not done within the command deadline ({})",
+                humantime::format_duration(deadline)
+            ),
+        );
+        outcome.answer.result = SpfResult::Temperror;
+        self.log_spf(&outcome);
+        let verdict = match self.conn.client_ip {
+            Some(ip) => spf::decide(&self.engine.inner.config.spf, ip, &outcome),
+            None => Verdict::Continue,
+        };
+        self.msg.spf = Some(outcome);
+        verdict
+    }
+
     async fn helo_outcome(
         &mut self,
         ip: IpAddr,
@@ -361,9 +410,9 @@ impl Session {
         );
     }
 
-    /// RCPT TO with `recipient` and its ESMTP arguments.
-    pub async fn rcpt_to(&mut self, recipient: &str, _esmtp_args: &[&str]) -> Verdict {
-        if let Some(banned) = self.conn.banned.clone() {
+    /// RCPT TO with `recipient`.
+    pub async fn rcpt_to(&mut self, recipient: &str) -> Verdict {
+        if let Some(banned) = self.ban_in_force() {
             return self.finish(Stage::RcptTo, banned);
         }
         let Some(directory) = self.engine.inner.directory.clone() else {
@@ -383,25 +432,39 @@ impl Session {
                 .as_ref()
                 .is_some_and(EnvelopeAddress::is_null),
         };
-        let answer = directory.lookup(&query).await;
+        // One deadline for the lookup and the ban bookkeeping together.
+        let deadline = tokio::time::Instant::now() + self.command_timeout();
+        let answer = tokio::time::timeout_at(deadline, directory.lookup(&query))
+            .await
+            .unwrap_or_else(|_| {
+                Err(DirectoryError::new(format!(
+                    "no answer within the command deadline ({})",
+                    humantime::format_duration(self.command_timeout())
+                )))
+            });
         let (verdict, finding) =
             recipient::decide(&self.engine.inner.config.recipients, &text, answer);
-        if finding == RecipientFinding::Unknown {
-            self.record_unknown(&text).await;
+        if finding == RecipientFinding::Unknown
+            && tokio::time::timeout_at(deadline, self.record_unknown(&text))
+                .await
+                .is_err()
+        {
+            warn!(client_ip = %display_ip(self.conn.client_ip), "state store too slow, unknown recipient not counted");
         }
         self.finish(Stage::RcptTo, verdict)
     }
 
     /// A recipient the MTA rejected itself (seen with `SMFIP_RCPT_REJ`),
     /// with the enhanced status code of its reply when known (macro
-    /// `{rcpt_host}`). Rejections for an unknown mailbox (`x.1.1`, and
-    /// `x.1.0` when unsure) count towards a dictionary-attack ban.
+    /// `{rcpt_host}`). Permanent rejections for an unknown mailbox (`5.1.1`,
+    /// and `5.1.0` when unsure) count towards a dictionary-attack ban; a
+    /// temporary one (`4.1.1`: "address verification in progress", a lookup
+    /// that failed) proves nothing and does not.
     pub async fn mta_rejected_rcpt(&mut self, recipient: &str, status: Option<&str>) {
         let address = EnvelopeAddress::parse(recipient).to_string();
-        let unknown = status.is_some_and(|s| {
-            let s = s.trim();
-            matches!(s.as_bytes(), [b'4' | b'5', b'.', b'1', b'.', b'0' | b'1'])
-        });
+        let unknown = status
+            .and_then(|s| s.trim().parse::<EnhancedStatus>().ok())
+            .is_some_and(|s| s.class() == 5 && s.subject() == 1 && s.detail() <= 1);
         debug!(
             client_ip = %display_ip(self.conn.client_ip),
             recipient = %address,
@@ -409,17 +472,24 @@ impl Session {
             unknown,
             "recipient rejected by the MTA"
         );
-        if unknown && !address.is_empty() {
-            self.record_unknown(&address).await;
+        if unknown
+            && !address.is_empty()
+            && tokio::time::timeout(self.command_timeout(), self.record_unknown(&address))
+                .await
+                .is_err()
+        {
+            warn!(client_ip = %display_ip(self.conn.client_ip), "state store too slow, unknown recipient not counted");
         }
     }
 
-    /// A header of the message (for forged `Authentication-Results`).
+    /// A header of the message (for forged `Authentication-Results`: one
+    /// with our authserv-id, or one whose id cannot be read).
     pub fn header(&mut self, name: &str, value: &str) {
         if name.eq_ignore_ascii_case("Authentication-Results") {
             self.msg.ar_headers_seen += 1;
             let ours = self.authserv_id();
-            if spf::authserv_id_of(value).is_some_and(|id| id.eq_ignore_ascii_case(&ours)) {
+            let forged = spf::authserv_id_of(value).is_none_or(|id| id.eq_ignore_ascii_case(&ours));
+            if forged {
                 self.msg.forged_ar.push(self.msg.ar_headers_seen);
             }
         }
@@ -439,6 +509,31 @@ impl Session {
     /// End of message: the headers to add and remove.
     pub fn end_of_message(&mut self) -> EomPlan {
         let mut plan = EomPlan::default();
+        if self.msg.forged_ar.len() > MAX_FORGED_AR {
+            let reply = Reply::new(
+                550,
+                "5.7.1",
+                "Too many forged Authentication-Results headers",
+            )
+            .expect("fixed codes of matching class");
+            let verdict = Verdict::Reject {
+                reply,
+                reason: Reason::new(
+                    Policy::Spf,
+                    format!(
+                        "{} forged Authentication-Results headers",
+                        self.msg.forged_ar.len()
+                    ),
+                ),
+            };
+            plan.refuse =
+                Some(self.finish(Stage::EndOfMessage, verdict)).filter(Verdict::is_refusal);
+            if plan.refuse.is_some() {
+                self.msg = Message::default();
+                return plan;
+            }
+            self.msg.forged_ar.truncate(MAX_FORGED_AR);
+        }
         for &index in self.msg.forged_ar.iter().rev() {
             info!(
                 queue_id = self.msg.queue_id.as_deref().unwrap_or("-"),

@@ -12,7 +12,7 @@ use crate::{
 };
 use async_trait::async_trait;
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::{
     fmt::{self, Debug, Display, Formatter},
     net::IpAddr,
@@ -138,7 +138,7 @@ impl SpfVerifier for UnconfiguredVerifier {
 }
 
 /// What to do with a message that got a given SPF result.
-#[derive(Clone, Copy, Debug, Deserialize, Eq, Hash, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SpfAction {
     /// Accept and record the result in a header.
@@ -150,7 +150,7 @@ pub enum SpfAction {
 }
 
 /// Which trace headers to add at end of message.
-#[derive(Clone, Copy, Debug, Deserialize, Eq, Hash, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq, Serialize)]
 pub enum SpfHeader {
     /// `Received-SPF` (RFC 7208 §9.1).
     #[serde(rename = "Received-SPF")]
@@ -161,8 +161,7 @@ pub enum SpfHeader {
 }
 
 /// SPF settings. Every field has a default; see `docs/nobounce.toml`.
-#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Clone, Debug, Eq, PartialEq, Serialize)]
 pub struct SpfConfig {
     /// Check SPF at all. Default: `true`.
     pub enabled: bool,
@@ -195,14 +194,18 @@ pub struct SpfConfig {
     /// The authserv-id of `Authentication-Results`; incoming headers with
     /// this id are removed as forged. Default: the MTA's host name (`j`).
     pub authserv_id: Option<String>,
-    /// Upper bound on one SPF evaluation, in seconds. Default: 20.
-    pub timeout_secs: u64,
+    /// Upper bound on one SPF evaluation. Default: 20 s. The HELO and MAIL
+    /// FROM checks of one command also share the command's deadline
+    /// ([`EngineConfig::command_timeout`](crate::EngineConfig)).
+    #[serde(serialize_with = "crate::clock::serialize_duration")]
+    pub timeout: Duration,
     /// How many SPF answers the shared cache keeps (about 340 bytes each, see
     /// [`crate::spf_cache`]); `0` disables caching. Default: 100000.
     pub cache_size: usize,
-    /// Upper bound on how long a cached answer is kept, in seconds; the
-    /// smallest DNS TTL the evaluation used is the other bound. Default: 3600.
-    pub cache_max_ttl_secs: u64,
+    /// Upper bound on how long a cached answer is kept; the smallest DNS
+    /// TTL the evaluation used is the other bound. Default: 1 hour.
+    #[serde(serialize_with = "crate::clock::serialize_duration")]
+    pub cache_max_ttl: Duration,
 }
 
 impl Default for SpfConfig {
@@ -224,9 +227,9 @@ impl Default for SpfConfig {
             on_temperror: SpfAction::Tempfail,
             headers: vec![SpfHeader::ReceivedSpf],
             authserv_id: None,
-            timeout_secs: 20,
+            timeout: Duration::from_secs(20),
             cache_size: 100_000,
-            cache_max_ttl_secs: 3600,
+            cache_max_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -439,22 +442,84 @@ pub fn authentication_results(outcome: &SpfOutcome, authserv_id: &str) -> String
     format!("{}; spf={result} {property}", header_safe(authserv_id))
 }
 
-/// The authserv-id of an `Authentication-Results` header value (RFC 8601
-/// §2.2: the first token, before an optional version and the `;`).
-pub fn authserv_id_of(value: &str) -> Option<&str> {
-    let mut rest = value.trim_start();
-    // Skip leading comments.
-    while let Some(r) = rest.strip_prefix('(') {
-        rest = r
-            .split_once(')')
-            .map_or("", |(_, after)| after)
-            .trim_start();
+/// The authserv-id of an `Authentication-Results` header value, or `None`
+/// when the value does not start with one.
+///
+/// RFC 8601 §2.2: `authres-payload = [CFWS] authserv-id ...`, and the
+/// authserv-id is a `value` (RFC 2045): a token, or a quoted-string with
+/// quoted-pairs. Comments (RFC 5322 §3.2.2) may nest and hold
+/// quoted-pairs such as `\)`. A header whose id cannot be read is treated
+/// as forged by the caller (issue 13, defect 3).
+///
+/// ```
+/// use nobounce_core::spf::authserv_id_of;
+///
+/// assert_eq!(authserv_id_of("mx.example.org; spf=pass").as_deref(), Some("mx.example.org"));
+/// assert_eq!(authserv_id_of("\"mx.example.org\"; none").as_deref(), Some("mx.example.org"));
+/// assert_eq!(authserv_id_of("(a (nested) \\) comment) mx.example.org; none").as_deref(), Some("mx.example.org"));
+/// assert_eq!(authserv_id_of("(unclosed mx.example.org; none"), None);
+/// ```
+pub fn authserv_id_of(value: &str) -> Option<String> {
+    let mut chars = value.chars().peekable();
+    skip_cfws(&mut chars)?;
+    let id = match chars.peek()? {
+        '"' => {
+            chars.next();
+            let mut id = String::new();
+            loop {
+                match chars.next()? {
+                    '"' => break,
+                    '\\' => id.push(chars.next()?),
+                    '\r' | '\n' => {}
+                    c => id.push(c),
+                }
+            }
+            id
+        }
+        _ => {
+            let id: String = std::iter::from_fn(|| chars.next_if(|&c| is_token_char(c))).collect();
+            id
+        }
+    };
+    // The id ends at whitespace, a comment, or the ';'.
+    match chars.peek() {
+        None | Some(';') | Some('(') => {}
+        Some(c) if c.is_whitespace() => {}
+        Some(_) => return None,
     }
-    let end = rest
-        .find(|c: char| c == ';' || c.is_whitespace() || c == '(')
-        .unwrap_or(rest.len());
-    let id = &rest[..end];
     (!id.is_empty()).then_some(id)
+}
+
+/// RFC 2045 token characters: printable ASCII but space and tspecials.
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?=".contains(c)
+}
+
+/// Skips folding whitespace and comments (nested, with quoted-pairs);
+/// `None` for an unclosed comment.
+fn skip_cfws(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<()> {
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek() != Some(&'(') {
+            return Some(());
+        }
+        let mut depth = 0usize;
+        loop {
+            match chars.next()? {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                '\\' => {
+                    chars.next()?;
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -604,15 +669,31 @@ mod tests {
         );
     }
 
+    /// RFC 8601 §2.2 with RFC 5322 comments and RFC 2045 quoted-strings;
+    /// issue 13, defect 3: quoted ids, nested and escaped comments.
     #[test]
-    fn authserv_id_parsing() {
-        assert_eq!(authserv_id_of("mx.test; spf=pass"), Some("mx.test"));
-        assert_eq!(authserv_id_of("  mx.test 1; none"), Some("mx.test"));
-        assert_eq!(
-            authserv_id_of("(comment) mx.test;spf=pass"),
-            Some("mx.test")
-        );
-        assert_eq!(authserv_id_of(""), None);
-        assert_eq!(authserv_id_of(";"), None);
+    fn issue13_authserv_id_parsing() {
+        for (value, id) in [
+            ("mx.test; spf=pass", Some("mx.test")),
+            ("  mx.test 1; none", Some("mx.test")),
+            ("mx.test(c); none", Some("mx.test")),
+            ("(comment) mx.test;spf=pass", Some("mx.test")),
+            ("\"mx.test\"; spf=pass", Some("mx.test")),
+            ("\"mx\\.test\"; spf=pass", Some("mx.test")),
+            (
+                "(a (nested (deep)) comment) mx.test; spf=pass",
+                Some("mx.test"),
+            ),
+            ("(an \\) escaped paren) mx.test; spf=pass", Some("mx.test")),
+            ("(an \\( escaped paren) \r\n mx.test; none", Some("mx.test")),
+            ("", None),
+            (";", None),
+            ("(unclosed mx.test; none", None),
+            ("\"unclosed; none", None),
+            ("mx.test\"x; none", None),
+            ("[mx.test]; none", None),
+        ] {
+            assert_eq!(authserv_id_of(value).as_deref(), id, "{value:?}");
+        }
     }
 }

@@ -103,11 +103,11 @@ pub struct CacheSettings {
 }
 
 impl CacheSettings {
-    /// The settings of `spf.cache_size` and `spf.cache_max_ttl_secs`.
+    /// The settings of `spf.cache_size` and `spf.cache_max_ttl`.
     pub fn from_config(config: &SpfConfig) -> Self {
         Self {
             capacity: config.cache_size,
-            max_ttl: Duration::from_secs(config.cache_max_ttl_secs),
+            max_ttl: config.cache_max_ttl,
             negative_ttl: DEFAULT_NEGATIVE_TTL,
         }
     }
@@ -258,11 +258,9 @@ struct LeaderGuard {
 
 impl<L: TtlLookup> CachingVerifier<L> {
     /// A verifier over `lookup` with the SPF settings of `config`
-    /// (`timeout_secs`, `cache_size`, `cache_max_ttl_secs`).
+    /// (`timeout`, `cache_size`, `cache_max_ttl`).
     pub fn new(lookup: L, config: &SpfConfig, clock: Arc<dyn Clock>) -> Self {
-        let viaspf_config = viaspf::Config::builder()
-            .timeout(Duration::from_secs(config.timeout_secs))
-            .build();
+        let viaspf_config = viaspf::Config::builder().timeout(config.timeout).build();
         Self::with_config(
             lookup,
             viaspf_config,

@@ -54,11 +54,7 @@ pub mod contract;
 /// must stay below it.
 pub const MAX_DISTINCT_MEMBERS: u64 = 1000;
 
-/// The store failed to answer (backend down, timeout, corrupt data).
-///
-/// Never a reason to refuse mail: the caller logs it and goes on as if no
-/// ban existed.
-pub type StoreError = crate::error::BackendError;
+pub use crate::error::StoreError;
 
 /// An active ban of one client key.
 #[derive(Clone, Debug, Eq, Hash, PartialEq)]
@@ -274,8 +270,12 @@ impl Entry {
 /// the local fallback of shared stores.
 ///
 /// Memory is bounded: at most `max_keys` client keys are kept (the least
-/// recently used one goes when a new one comes), and each counter keeps at
-/// most [`MAX_DISTINCT_MEMBERS`] members. Expired data goes lazily when its
+/// recently used one without an active ban goes when a new one comes), and
+/// each counter keeps at most [`MAX_DISTINCT_MEMBERS`] members. An active
+/// ban is never evicted (issue 13, defect 6): when every key holds one, the
+/// store grows by the keys it needs, and gives the room back once the bans
+/// are over and [`MemoryStore::purge`] ran. Bans are short and one is won
+/// only by crossing the threshold, so their number stays small. Expired data goes lazily when its
 /// key is touched, and all of it when [`MemoryStore::purge`] is called
 /// (the embedder calls it now and then, say every minute).
 ///
@@ -286,6 +286,9 @@ pub struct MemoryStore {
     // operations that never await and never block, and core depends on no
     // async runtime. An async mutex would only add overhead.
     inner: Arc<Mutex<LruCache<String, Entry>>>,
+    /// The configured bound (the cache's capacity grows past it only for
+    /// active bans).
+    max_keys: NonZeroUsize,
 }
 
 impl MemoryStore {
@@ -296,6 +299,7 @@ impl MemoryStore {
     pub fn new(max_keys: NonZeroUsize) -> Self {
         Self {
             inner: Arc::new(Mutex::new(LruCache::new(max_keys))),
+            max_keys,
         }
     }
 
@@ -313,6 +317,10 @@ impl MemoryStore {
         }
         for key in &dead {
             map.pop(key);
+        }
+        // Give back the room lent to bans that are over.
+        if map.cap() > self.max_keys && map.len() <= self.max_keys.get() {
+            map.resize(self.max_keys);
         }
         dead.len()
     }
@@ -358,10 +366,8 @@ impl MemoryStore {
     fn with_entry<T>(&self, key: &str, now: u64, f: impl FnOnce(&mut Entry) -> T) -> T {
         let mut map = self.lock();
         if !map.contains(key) {
-            if map.len() == map.cap().get() {
-                if let Some((old, _)) = map.pop_lru() {
-                    tracing::debug!(event = "store_evict", key = %old, "memory store full, evicted least recently used key");
-                }
+            if map.len() >= map.cap().get() {
+                Self::make_room(&mut map, now);
             }
             map.put(key.to_owned(), Entry::default());
         }
@@ -372,6 +378,33 @@ impl MemoryStore {
             map.pop(key);
         }
         out
+    }
+
+    /// Evicts the least recently used key without an active ban; when every
+    /// key holds one, grows the cache by one instead. Banned keys met on the
+    /// way are moved to the front, so the next search does not meet them.
+    fn make_room(map: &mut LruCache<String, Entry>, now: u64) {
+        for _ in 0..map.len() {
+            let Some((key, entry)) = map.peek_lru() else {
+                break;
+            };
+            if entry.ban.as_ref().is_some_and(|b| b.until > now) {
+                let key = key.clone();
+                map.promote(&key);
+                continue;
+            }
+            if let Some((old, _)) = map.pop_lru() {
+                tracing::debug!(event = "store_evict", key = %old, "memory store full, evicted least recently used key");
+            }
+            return;
+        }
+        let grown = NonZeroUsize::new(map.cap().get() + 1).expect("one more than a capacity");
+        tracing::debug!(
+            event = "store_grow",
+            keys = grown.get(),
+            "memory store full of active bans, growing"
+        );
+        map.resize(grown);
     }
 
     /// Runs `f` on the entry of `key` if there is one, without creating it.
@@ -503,6 +536,81 @@ impl StateStore for MemoryStore {
     }
 }
 
+/// The store of a dry-run engine: reads the shared store, writes only to
+/// a private memory store (issue 13, defect 10). A dry-run host thus counts
+/// and "bans" for its own logs, sees the bans of the production hosts, and
+/// never bans anyone for them.
+#[derive(Debug)]
+pub struct DryRunStore {
+    shared: Arc<dyn StateStore>,
+    local: MemoryStore,
+}
+
+impl DryRunStore {
+    /// Reads `shared`, writes a private memory store.
+    pub fn new(shared: Arc<dyn StateStore>) -> Self {
+        Self {
+            shared,
+            local: MemoryStore::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl StateStore for DryRunStore {
+    async fn add_distinct(
+        &self,
+        key: &str,
+        member: &str,
+        window: Duration,
+        now: SystemTime,
+    ) -> Result<u64, StoreError> {
+        self.local.add_distinct(key, member, window, now).await
+    }
+
+    async fn strike(
+        &self,
+        key: &str,
+        rule: &BanRule,
+        reason: &str,
+        now: SystemTime,
+    ) -> Result<Strike, StoreError> {
+        self.local.strike(key, rule, reason, now).await
+    }
+
+    async fn ban(
+        &self,
+        key: &str,
+        until: SystemTime,
+        reason: &str,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.local.ban(key, until, reason, now).await
+    }
+
+    async fn ban_status(&self, key: &str, now: SystemTime) -> Result<Option<Ban>, StoreError> {
+        match self.local.ban_status(key, now).await? {
+            Some(ban) => Ok(Some(ban)),
+            None => self.shared.ban_status(key, now).await,
+        }
+    }
+
+    async fn lift(&self, key: &str, now: SystemTime) -> Result<(), StoreError> {
+        self.local.lift(key, now).await
+    }
+
+    async fn list(&self, now: SystemTime) -> Result<Vec<Ban>, StoreError> {
+        let mut bans = self.shared.list(now).await?;
+        for ban in self.local.list(now).await? {
+            if !bans.iter().any(|b| b.key == ban.key) {
+                bans.push(ban);
+            }
+        }
+        bans.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(bans)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -532,6 +640,36 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(s.add_distinct("a", "z", w, t0()).await.unwrap(), 3);
         assert_eq!(s.add_distinct("b", "y", w, t0()).await.unwrap(), 1);
+    }
+
+    /// Issue 13, defect 6: a full store evicted active bans, manual ones
+    /// included, to make room for new counters. Bans are never evicted now.
+    #[tokio::test]
+    async fn issue13_active_bans_are_never_evicted() {
+        let s = MemoryStore::new(NonZeroUsize::new(3).unwrap());
+        let w = Duration::from_secs(60);
+        let until = t0() + Duration::from_secs(3600);
+        for key in ["ban1", "ban2", "ban3"] {
+            s.ban(key, until, "by hand", t0()).await.unwrap();
+        }
+        for i in 0..50 {
+            s.add_distinct(&format!("counter{i}"), "x", w, t0())
+                .await
+                .unwrap();
+        }
+        for key in ["ban1", "ban2", "ban3"] {
+            assert!(
+                s.ban_status(key, t0()).await.unwrap().is_some(),
+                "{key} was evicted"
+            );
+        }
+        // Counters still make room for one another, and the store does not
+        // grow past its bans plus room for counting.
+        assert!(s.len() <= 4, "{}", s.len());
+        assert_eq!(s.add_distinct("counter49", "y", w, t0()).await.unwrap(), 2);
+        // Once the bans are over, purge gives the room back.
+        s.purge(until);
+        assert!(s.len() <= 3, "{}", s.len());
     }
 
     #[tokio::test]

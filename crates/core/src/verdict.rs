@@ -12,8 +12,6 @@ pub enum Policy {
     Recipient,
     /// Dictionary-attack bans.
     Dictionary,
-    /// DNS block lists.
-    Dnsbl,
     /// Trouble of our own (a backend failed): always a temporary failure.
     Internal,
 }
@@ -25,7 +23,6 @@ impl Policy {
             Self::Spf => "spf",
             Self::Recipient => "recipient",
             Self::Dictionary => "dictionary",
-            Self::Dnsbl => "dnsbl",
             Self::Internal => "internal",
         }
     }
@@ -67,8 +64,6 @@ impl Display for Reason {
 pub enum Verdict {
     /// Go on to the next stage; nothing to object.
     Continue,
-    /// Accept the message (or the connection) without further checks.
-    Accept,
     /// Refuse with a 4xx reply: the client should try again later.
     Tempfail { reply: Reply, reason: Reason },
     /// Refuse with a 5xx reply.
@@ -93,7 +88,7 @@ impl Verdict {
             Self::Tempfail { reply, .. }
             | Self::Reject { reply, .. }
             | Self::Disconnect { reply, .. } => Some(reply),
-            Self::Continue | Self::Accept => None,
+            Self::Continue => None,
         }
     }
 
@@ -103,11 +98,11 @@ impl Verdict {
             Self::Tempfail { reason, .. }
             | Self::Reject { reason, .. }
             | Self::Disconnect { reason, .. } => Some(reason),
-            Self::Continue | Self::Accept => None,
+            Self::Continue => None,
         }
     }
 
-    /// `true` unless the verdict is continue or accept.
+    /// `true` unless the verdict is continue.
     pub fn is_refusal(&self) -> bool {
         self.reply().is_some()
     }
@@ -116,7 +111,6 @@ impl Verdict {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Continue => "continue",
-            Self::Accept => "accept",
             Self::Tempfail { .. } => "tempfail",
             Self::Reject { .. } => "reject",
             Self::Disconnect { .. } => "disconnect",

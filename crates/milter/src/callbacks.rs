@@ -1,12 +1,11 @@
 //! indymilter callbacks: translate what the MTA says into engine calls, and
 //! verdicts into milter replies. Nothing here decides anything.
 
-use crate::server::Shared;
 use indymilter::{
     Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, NegotiateContext,
     ProtoOpts, SetErrorReply, SmtpReply, SocketInfo, Status,
 };
-use nobounce_core::{Session, Verdict};
+use nobounce_core::{EngineSource, Session, Verdict};
 use std::{
     ffi::{CStr, CString},
     net::IpAddr,
@@ -40,7 +39,6 @@ fn lossy(s: &CStr) -> String {
 pub fn apply_verdict(reply: &mut SmtpReply, verdict: &Verdict) -> Status {
     let status = match verdict {
         Verdict::Continue => return Status::Continue,
-        Verdict::Accept => return Status::Accept,
         Verdict::Reject { .. } => Status::Reject,
         // A 421 reply makes the MTA close the connection.
         Verdict::Tempfail { .. } | Verdict::Disconnect { .. } => Status::Tempfail,
@@ -67,15 +65,14 @@ fn session<T: Send>(ctx: &mut Context<T>) -> Option<&mut T> {
     ctx.data.as_mut()
 }
 
-/// Builds the callbacks over the shared state.
-pub(crate) fn callbacks(shared: Arc<Shared>) -> Callbacks<Conn> {
-    let s_connect = shared.clone();
+/// Builds the callbacks; each connection takes its engine from `engines`.
+pub fn callbacks(engines: Arc<dyn EngineSource>) -> Callbacks<Conn> {
     Callbacks::new()
         .on_negotiate(|ctx: &mut NegotiateContext<Conn>, actions, opts| {
             Box::pin(async move { negotiate(ctx, actions, opts) })
         })
         .on_connect(move |ctx, hostname, socket_info| {
-            let engine = s_connect.engine();
+            let engine = engines.engine();
             Box::pin(async move {
                 let ip: Option<IpAddr> = match socket_info {
                     SocketInfo::Inet(addr) => Some(addr.ip()),
@@ -126,18 +123,15 @@ pub(crate) fn callbacks(shared: Arc<Shared>) -> Callbacks<Conn> {
                 let Some(conn) = ctx.data.as_mut() else {
                     return Status::Continue;
                 };
-                let args: Vec<String> = args.iter().map(|a| lossy(a)).collect();
-                let (rcpt, esmtp) = args
-                    .split_first()
-                    .map_or(("", &[][..]), |(s, r)| (s.as_str(), r));
-                let esmtp: Vec<&str> = esmtp.iter().map(String::as_str).collect();
+                let rcpt = args.first().map(|a| lossy(a)).unwrap_or_default();
+                let rcpt = rcpt.as_str();
                 // With SMFIP_RCPT_REJ the MTA also shows us recipients it
                 // rejected itself; their mailer is "error".
                 if mailer.as_deref() == Some("error") {
                     conn.session.mta_rejected_rcpt(rcpt, host.as_deref()).await;
                     return Status::Continue;
                 }
-                let verdict = conn.session.rcpt_to(rcpt, &esmtp).await;
+                let verdict = conn.session.rcpt_to(rcpt).await;
                 apply_verdict(&mut ctx.reply, &verdict)
             })
         })
@@ -158,6 +152,9 @@ pub(crate) fn callbacks(shared: Arc<Shared>) -> Callbacks<Conn> {
                     conn.session.set_queue_id(id);
                 }
                 let plan = conn.session.end_of_message();
+                if let Some(refusal) = &plan.refuse {
+                    return apply_verdict(&mut ctx.reply, refusal);
+                }
                 for (name, index) in plan.delete_headers {
                     let index = i32::try_from(index).unwrap_or(i32::MAX);
                     if let Err(e) = ctx

@@ -17,8 +17,8 @@
 //! a mailbox that fills up and empties.
 
 use lru::LruCache;
-use nobounce_core::{Clock, RecipientStatus};
-use serde::{Deserialize, Serialize};
+use nobounce_core::{clock::serialize_duration, Clock, RecipientStatus};
+use serde::Serialize;
 use std::{
     num::NonZeroUsize,
     sync::{Arc, Mutex},
@@ -26,46 +26,31 @@ use std::{
 };
 
 /// Cache settings of a network backend (`[recipients.backends.NAME.cache]`).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct CacheConfig {
     /// Maximum number of addresses kept (least recently used go first).
     /// `0` disables the cache. Default: `10000`.
-    #[serde(default = "default_capacity")]
     pub capacity: usize,
-    /// How long a "deliverable" answer is kept. Default: `"60s"`.
-    #[serde(default = "default_deliverable_ttl", with = "crate::duration")]
+    /// How long a "deliverable" answer is kept. Default: 60 s.
+    #[serde(serialize_with = "serialize_duration")]
     pub deliverable_ttl: Duration,
     /// How long an "unknown" or "disabled" answer is kept. A mailbox created
-    /// meanwhile is refused until it expires; a reload (SIGHUP) clears the
-    /// cache. Default: `"10m"`.
-    #[serde(default = "default_unknown_ttl", with = "crate::duration")]
+    /// meanwhile is refused (with a 5xx the sender sees) until it expires,
+    /// or until nobounce restarts. Default: 10 minutes.
+    #[serde(serialize_with = "serialize_duration")]
     pub unknown_ttl: Duration,
-    /// How long an "over quota" answer is kept. Default: `"30s"`.
-    #[serde(default = "default_over_quota_ttl", with = "crate::duration")]
+    /// How long an "over quota" answer is kept. Default: 30 s.
+    #[serde(serialize_with = "serialize_duration")]
     pub over_quota_ttl: Duration,
-}
-
-fn default_capacity() -> usize {
-    10_000
-}
-fn default_deliverable_ttl() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_unknown_ttl() -> Duration {
-    Duration::from_secs(600)
-}
-fn default_over_quota_ttl() -> Duration {
-    Duration::from_secs(30)
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
-            capacity: default_capacity(),
-            deliverable_ttl: default_deliverable_ttl(),
-            unknown_ttl: default_unknown_ttl(),
-            over_quota_ttl: default_over_quota_ttl(),
+            capacity: 10_000,
+            deliverable_ttl: Duration::from_secs(60),
+            unknown_ttl: Duration::from_secs(600),
+            over_quota_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -158,7 +143,8 @@ impl StatusCache {
         );
     }
 
-    /// Forgets everything (on reload).
+    /// Forgets everything.
+    #[cfg(test)]
     pub(crate) fn clear(&self) {
         if let Some(entries) = &self.entries {
             entries.lock().unwrap_or_else(|e| e.into_inner()).clear();

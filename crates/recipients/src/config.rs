@@ -1,4 +1,5 @@
-//! The `[recipients]` configuration section and [`build`].
+//! The `[recipients]` backends and routes, and [`build`]: turning them into
+//! one [`RecipientDirectory`].
 //!
 //! ```toml
 //! [recipients]
@@ -21,9 +22,11 @@
 //! type = "rcpt_probe"
 //! address = "unix:/run/dovecot/lmtp"
 //! ```
+//!
+//! The configuration file is read by `nobounce-config`; this module builds
+//! what it describes.
 
 use crate::{
-    cache::StatusCache,
     maildir::{MaildirConfig, MaildirQuota},
     map_file::{MapFileConfig, MapFileDirectory, MapFileError},
     probe::{RcptProbe, RcptProbeConfig},
@@ -31,34 +34,29 @@ use crate::{
     router::{Chain, Router},
 };
 use nobounce_core::{Clock, RecipientDirectory, SystemClock};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     error::Error,
     fmt::{self, Display, Formatter},
     sync::Arc,
 };
 
-/// The `[recipients]` section.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+/// The backends and routes of `[recipients]`.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct RecipientsConfig {
     /// Named backends, `[recipients.backends.NAME]`, each with a `type`.
     /// Default: none.
-    #[serde(default)]
     pub backends: BTreeMap<String, BackendConfig>,
     /// Which chain of backends serves which domains. Default: none.
-    #[serde(default)]
     pub routes: Vec<RouteConfig>,
     /// The chain for domains no route lists. Default: `[]`, meaning such
     /// recipients are `NotHandled` (the MTA decides).
-    #[serde(default)]
     pub default_chain: Vec<String>,
 }
 
 /// One `[[recipients.routes]]` entry.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct RouteConfig {
     /// Domains served (case-insensitive, exact match; list each subdomain).
     /// Required, non-empty.
@@ -68,7 +66,7 @@ pub struct RouteConfig {
 }
 
 /// One backend; the `type` key selects the kind.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum BackendConfig {
     /// A text file of addresses ([`crate::map_file`]).
@@ -81,6 +79,24 @@ pub enum BackendConfig {
     Maildir(MaildirConfig),
 }
 
+/// A route that cannot be built, with the configuration key it is about
+/// (`recipients.routes[0].chain`).
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct RouteError {
+    /// The key, as the configuration file writes it.
+    pub key: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl Display for RouteError {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.problem)
+    }
+}
+
+impl Error for RouteError {}
+
 /// The configuration cannot be turned into a directory.
 #[derive(Debug)]
 pub enum BuildError {
@@ -91,8 +107,21 @@ pub enum BuildError {
         /// What is wrong.
         error: MapFileError,
     },
-    /// An inconsistent or invalid setting.
-    Config(String),
+    /// A route names a backend that does not exist, and the like.
+    Route(RouteError),
+    /// Map files with a `watch_interval` need a tokio runtime to build in.
+    NoRuntime,
+}
+
+impl BuildError {
+    /// The configuration key the error is about.
+    pub fn key(&self) -> String {
+        match self {
+            Self::MapFile { backend, .. } => format!("recipients.backends.{backend}.path"),
+            Self::Route(e) => e.key.clone(),
+            Self::NoRuntime => "recipients".into(),
+        }
+    }
 }
 
 impl Display for BuildError {
@@ -101,7 +130,10 @@ impl Display for BuildError {
             Self::MapFile { backend, error } => {
                 write!(f, "recipients backend {backend:?}: {error}")
             }
-            Self::Config(message) => write!(f, "recipients: {message}"),
+            Self::Route(e) => e.fmt(f),
+            Self::NoRuntime => {
+                f.write_str("map files with a watch_interval need a tokio runtime to build in")
+            }
         }
     }
 }
@@ -110,85 +142,120 @@ impl Error for BuildError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
             Self::MapFile { error, .. } => Some(error),
-            Self::Config(_) => None,
+            Self::Route(e) => Some(e),
+            Self::NoRuntime => None,
         }
     }
 }
 
-/// What [`build_with_reload`] returns: the directory, and a handle to
-/// reload it (SIGHUP).
+/// Checks that every route and the default chain name existing backends,
+/// each once, and that no domain is routed twice; warns of backends no
+/// route uses. The configuration builder runs this too, so that
+/// `nobounce config check` reports these errors at their lines.
+pub fn check_routes(config: &RecipientsConfig) -> Result<(), RouteError> {
+    let mut used = HashSet::new();
+    let mut check_chain = |names: &[String], key: String| -> Result<(), RouteError> {
+        let bad = |problem: String| RouteError {
+            key: key.clone(),
+            problem,
+        };
+        if names.is_empty() {
+            return Err(bad("empty chain".into()));
+        }
+        let mut seen = HashSet::new();
+        for name in names {
+            if !config.backends.contains_key(name) {
+                return Err(bad(format!("no backend named {name:?}")));
+            }
+            if !seen.insert(name) {
+                return Err(bad(format!("backend {name:?} listed twice")));
+            }
+            used.insert(name.clone());
+        }
+        Ok(())
+    };
+    let mut domains = HashSet::new();
+    for (i, route) in config.routes.iter().enumerate() {
+        let key = format!("recipients.routes[{i}]");
+        check_chain(&route.chain, format!("{key}.chain"))?;
+        if route.domains.is_empty() {
+            return Err(RouteError {
+                key: format!("{key}.domains"),
+                problem: "no domains".into(),
+            });
+        }
+        for domain in &route.domains {
+            let bad = |problem: String| RouteError {
+                key: format!("{key}.domains"),
+                problem,
+            };
+            if crate::address::split(&format!("x@{domain}")).is_none() {
+                return Err(bad(format!("invalid domain {domain:?}")));
+            }
+            if !domains.insert(crate::address::normalize_domain(domain)) {
+                return Err(bad(format!("domain {domain:?} routed twice")));
+            }
+        }
+    }
+    if !config.default_chain.is_empty() {
+        check_chain(&config.default_chain, "recipients.default_chain".into())?;
+    }
+    for name in config.backends.keys().filter(|n| !used.contains(*n)) {
+        tracing::warn!(
+            event = "recipient_backend_unused",
+            backend = %name,
+            "recipient backend configured but used by no route"
+        );
+    }
+    Ok(())
+}
+
+/// A built directory: what the engine asks, and the backends it is made
+/// of, so that a rebuild can keep those whose settings did not change.
 #[derive(Debug)]
 pub struct Recipients {
     /// The directory to give the engine.
     pub directory: Arc<dyn RecipientDirectory>,
-    /// Reloads map files and clears answer caches.
-    pub reload: ReloadHandle,
+    backends: HashMap<String, (BackendConfig, Arc<dyn RecipientDirectory>)>,
 }
 
-/// Reloads every map file and clears every answer cache of one built
-/// directory.
-#[derive(Debug, Clone, Default)]
-pub struct ReloadHandle {
-    maps: Vec<(String, Arc<MapFileDirectory>)>,
-    caches: Vec<Arc<StatusCache>>,
-}
-
-impl ReloadHandle {
-    /// Re-reads every map file (a bad one keeps its previous contents and is
-    /// reported) and forgets cached answers. Returns the map errors.
-    pub async fn reload(&self) -> Vec<BuildError> {
-        for cache in &self.caches {
-            cache.clear();
-        }
-        let mut errors = Vec::new();
-        for (backend, map) in &self.maps {
-            if let Err(error) = map.reload().await {
-                errors.push(BuildError::MapFile {
-                    backend: backend.clone(),
-                    error,
-                });
-            }
-        }
-        errors
-    }
-}
-
-/// Builds the directory described by `config` (see [`build_with_reload`]).
-pub fn build(config: &RecipientsConfig) -> Result<Arc<dyn RecipientDirectory>, BuildError> {
-    build_with_reload(config).map(|r| r.directory)
-}
-
-/// Builds the directory and its reload handle.
+/// Builds the directory described by `config`.
 ///
-/// Map files are read now: a missing or bad file is an error. Backends no
-/// route uses are still built (and checked) but log a warning. Map files
+/// Map files are read now: a missing or bad file is an error. Map files
 /// with a `watch_interval` get a watcher task, which needs a tokio runtime:
 /// call this from within one.
-pub fn build_with_reload(config: &RecipientsConfig) -> Result<Recipients, BuildError> {
-    build_with_clock(config, Arc::new(SystemClock))
+pub fn build(config: &RecipientsConfig) -> Result<Recipients, BuildError> {
+    build_reusing(config, None, Arc::new(SystemClock))
 }
 
-/// [`build_with_reload`] with the clock the answer caches use (tests).
-pub fn build_with_clock(
+/// Builds the directory described by `config`, taking over from `previous`
+/// every network and Maildir backend whose settings did not change (with
+/// its connections and its answer cache). Map files are always read anew,
+/// into new maps: `previous` is never changed, so a failed build leaves it
+/// whole. The answer caches read time from `clock`.
+pub fn build_reusing(
     config: &RecipientsConfig,
+    previous: Option<&Recipients>,
     clock: Arc<dyn Clock>,
 ) -> Result<Recipients, BuildError> {
-    let err = |m: String| BuildError::Config(m);
-    let mut reload = ReloadHandle::default();
-    let mut backends: HashMap<&str, Arc<dyn RecipientDirectory>> = HashMap::new();
+    check_routes(config).map_err(BuildError::Route)?;
     let needs_runtime = config
         .backends
         .values()
         .any(|b| matches!(b, BackendConfig::MapFile(m) if !m.watch_interval.is_zero()));
     if needs_runtime && tokio::runtime::Handle::try_current().is_err() {
-        return Err(err(
-            "map files with a watch_interval need a tokio runtime to build in".into(),
-        ));
+        return Err(BuildError::NoRuntime);
     }
+    let mut backends = HashMap::new();
+    let mut watchers = Vec::new();
     for (name, backend) in &config.backends {
-        let invalid = |m: String| err(format!("backend {name:?}: {m}"));
-        let directory: Arc<dyn RecipientDirectory> = match backend {
-            BackendConfig::MapFile(c) => {
+        let kept = previous
+            .and_then(|p| p.backends.get(name))
+            .filter(|(old, _)| old == backend && !matches!(backend, BackendConfig::MapFile(_)))
+            .map(|(_, directory)| Arc::clone(directory));
+        let directory: Arc<dyn RecipientDirectory> = match (kept, backend) {
+            (Some(directory), _) => directory,
+            (None, BackendConfig::MapFile(c)) => {
                 let map =
                     Arc::new(
                         MapFileDirectory::open(c).map_err(|error| BuildError::MapFile {
@@ -197,85 +264,63 @@ pub fn build_with_clock(
                         })?,
                     );
                 if !c.watch_interval.is_zero() {
-                    drop(map.spawn_watcher(c.watch_interval));
+                    watchers.push((Arc::clone(&map), c.watch_interval));
                 }
-                reload.maps.push((name.clone(), Arc::clone(&map)));
                 map
             }
-            BackendConfig::RcptProbe(c) => {
-                let probe =
-                    RcptProbe::with_clock(c.clone(), Arc::clone(&clock)).map_err(invalid)?;
-                reload.caches.push(probe.cache());
-                Arc::new(probe)
+            (None, BackendConfig::RcptProbe(c)) => {
+                Arc::new(RcptProbe::with_clock(c.clone(), Arc::clone(&clock)))
             }
-            BackendConfig::QuotaStatus(c) => {
-                let client =
-                    QuotaStatus::with_clock(c.clone(), Arc::clone(&clock)).map_err(invalid)?;
-                reload.caches.push(client.cache());
-                Arc::new(client)
+            (None, BackendConfig::QuotaStatus(c)) => {
+                Arc::new(QuotaStatus::with_clock(c.clone(), Arc::clone(&clock)))
             }
-            BackendConfig::Maildir(c) => Arc::new(MaildirQuota::new(c.clone()).map_err(invalid)?),
+            (None, BackendConfig::Maildir(c)) => Arc::new(MaildirQuota::new(c.clone())),
         };
-        backends.insert(name.as_str(), directory);
+        backends.insert(name.clone(), (backend.clone(), directory));
+    }
+    // Watchers start only once everything is built: a failed build starts
+    // nothing.
+    for (map, interval) in watchers {
+        drop(map.spawn_watcher(interval));
     }
 
-    let mut used: HashMap<String, bool> =
-        backends.keys().map(|k| ((*k).to_owned(), false)).collect();
-    let mut make_chain =
-        |names: &[String], what: &str| -> Result<Arc<dyn RecipientDirectory>, BuildError> {
-            if names.is_empty() {
-                return Err(err(format!("{what}: empty chain")));
-            }
-            let mut links = Vec::new();
-            for name in names {
-                let backend = backends
-                    .get(name.as_str())
-                    .ok_or_else(|| err(format!("{what}: no backend named {name:?}")))?;
-                if links.iter().any(|(n, _)| n == name) {
-                    return Err(err(format!("{what}: backend {name:?} listed twice")));
-                }
-                used.insert(name.clone(), true);
-                links.push((name.clone(), Arc::clone(backend)));
-            }
-            Ok(if links.len() == 1 {
-                links.remove(0).1
-            } else {
-                Arc::new(Chain::new(links))
-            })
-        };
-
-    let mut router = Router::new();
-    for (i, route) in config.routes.iter().enumerate() {
-        let what = format!("routes[{i}]");
-        if route.domains.is_empty() {
-            return Err(err(format!("{what}: no domains")));
+    let chain = |names: &[String]| -> Arc<dyn RecipientDirectory> {
+        let mut links: Vec<(String, Arc<dyn RecipientDirectory>)> = names
+            .iter()
+            .filter_map(|n| backends.get(n).map(|(_, d)| (n.clone(), Arc::clone(d))))
+            .collect();
+        if links.len() == 1 {
+            links.remove(0).1
+        } else {
+            Arc::new(Chain::new(links))
         }
-        let chain = make_chain(&route.chain, &what)?;
+    };
+    let mut router = Router::new();
+    for route in &config.routes {
+        let directory = chain(&route.chain);
         for domain in &route.domains {
-            if crate::address::split(&format!("x@{domain}")).is_none() {
-                return Err(err(format!("{what}: invalid domain {domain:?}")));
-            }
-            if !router.route(domain, Arc::clone(&chain)) {
-                return Err(err(format!("{what}: domain {domain:?} routed twice")));
-            }
+            // check_routes refused domains routed twice.
+            router.route(domain, Arc::clone(&directory));
         }
     }
     if !config.default_chain.is_empty() {
-        router.set_default(make_chain(&config.default_chain, "default_chain")?);
-    }
-    for (name, used) in used {
-        if !used {
-            tracing::warn!(
-                event = "recipient_backend_unused",
-                backend = %name,
-                "recipient backend configured but used by no route"
-            );
-        }
+        router.set_default(chain(&config.default_chain));
     }
     Ok(Recipients {
         directory: Arc::new(router),
-        reload,
+        backends,
     })
+}
+
+impl Recipients {
+    /// Whether the backend `name` is the very same object in `other` (kept
+    /// by [`build_reusing`], with its cache).
+    pub fn shares_backend(&self, other: &Recipients, name: &str) -> bool {
+        match (self.backends.get(name), other.backends.get(name)) {
+            (Some((_, a)), Some((_, b))) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -283,112 +328,77 @@ mod tests {
     use super::*;
     use crate::testutil::{query, write_file};
     use nobounce_core::RecipientStatus;
-    use std::time::Duration;
+    use std::{path::Path, time::Duration};
 
-    fn parse(text: &str) -> Result<RecipientsConfig, toml::de::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Top {
-            recipients: RecipientsConfig,
+    fn map(path: &Path) -> BackendConfig {
+        let mut c = MapFileConfig::new(path);
+        c.watch_interval = Duration::ZERO;
+        BackendConfig::MapFile(c)
+    }
+
+    fn route(domains: &[&str], chain: &[&str]) -> RouteConfig {
+        RouteConfig {
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            chain: chain.iter().map(|d| d.to_string()).collect(),
         }
-        toml::from_str::<Top>(text).map(|t| t.recipients)
     }
 
     #[test]
-    fn full_example_parses_with_defaults() {
-        let config = parse(
-            r#"
-            [recipients]
-            default_chain = ["lmtp"]
-
-            [[recipients.routes]]
-            domains = ["example.org", "example.net"]
-            chain = ["users", "quota"]
-
-            [recipients.backends.users]
-            type = "map_file"
-            path = "/etc/nobounce/recipients"
-            recipient_delimiter = "+"
-
-            [recipients.backends.quota]
-            type = "maildir"
-            path_template = "/var/mail/vhosts/{domain}/{local}/Maildir"
-
-            [recipients.backends.lmtp]
-            type = "rcpt_probe"
-            address = "unix:/run/dovecot/lmtp"
-            timeout = "3s"
-            cache = { over_quota_ttl = "10s" }
-
-            [recipients.backends.qs]
-            type = "quota_status"
-            address = "127.0.0.1:12340"
-            "#,
-        )
-        .expect("valid config");
-        assert_eq!(config.backends.len(), 4);
-        let BackendConfig::MapFile(users) = &config.backends["users"] else {
-            panic!("users is a map file");
+    fn routes_must_name_existing_backends_once() {
+        let base = RecipientsConfig {
+            backends: BTreeMap::from([("users".to_string(), map(Path::new("/nonexistent")))]),
+            ..Default::default()
         };
-        assert_eq!(users.watch_interval, Duration::from_secs(5));
-        assert!(!users.case_sensitive_local_part);
-        let BackendConfig::RcptProbe(lmtp) = &config.backends["lmtp"] else {
-            panic!("lmtp is a probe");
-        };
-        assert_eq!(lmtp.timeout, Duration::from_secs(3));
-        assert_eq!(lmtp.cache.over_quota_ttl, Duration::from_secs(10));
-        assert_eq!(lmtp.cache.deliverable_ttl, Duration::from_secs(60));
-        // Serialises back to something that parses to the same value.
-        let text = toml::to_string(&config).expect("serialises");
-        let again: RecipientsConfig = toml::from_str(&text).expect("round trip");
-        assert_eq!(again, config);
-    }
-
-    #[test]
-    fn unknown_fields_and_types_are_refused() {
-        for (text, needle) in [
-            ("[recipients]\ndefault = []\n", "default"),
-            ("[recipients.backends.x]\ntype = \"map_file\"\npath = \"/x\"\nwatch = \"1s\"\n", "watch"),
-            ("[recipients.backends.x]\ntype = \"ldap\"\n", "ldap"),
-            ("[recipients.backends.x]\ntype = \"rcpt_probe\"\naddress = \"nowhere\"\n", "nowhere"),
-            ("[recipients.backends.x]\ntype = \"maildir\"\npath_template = \"/m/{local}\"\nmissing = \"maybe\"\n", "maybe"),
-            ("[[recipients.routes]]\ndomains = [\"a.test\"]\nchain = [\"x\"]\nweight = 1\n", "weight"),
-            ("[recipients.backends.x]\ntype = \"rcpt_probe\"\naddress = \"127.0.0.1:24\"\ncache = { ttl = \"1s\" }\n", "ttl"),
+        for (routes, key, needle) in [
+            (
+                vec![route(&["example.org"], &["nope"])],
+                "recipients.routes[0].chain",
+                "no backend named \"nope\"",
+            ),
+            (
+                vec![route(&["example.org"], &[])],
+                "recipients.routes[0].chain",
+                "empty chain",
+            ),
+            (
+                vec![route(&[], &["users"])],
+                "recipients.routes[0].domains",
+                "no domains",
+            ),
+            (
+                vec![route(&["example.org"], &["users", "users"])],
+                "recipients.routes[0].chain",
+                "twice",
+            ),
+            (
+                vec![
+                    route(&["a.test"], &["users"]),
+                    route(&["A.TEST"], &["users"]),
+                ],
+                "recipients.routes[1].domains",
+                "routed twice",
+            ),
+            (
+                vec![route(&["a b"], &["users"])],
+                "recipients.routes[0].domains",
+                "invalid domain",
+            ),
         ] {
-            let e = parse(text).expect_err(text).to_string();
-            assert!(e.contains(needle), "{text}: {e}");
+            let config = RecipientsConfig {
+                routes,
+                ..base.clone()
+            };
+            let e = check_routes(&config).expect_err(needle);
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.problem.contains(needle), "{e}");
+            // build() checks first, before any file is read.
+            let e = build(&config).expect_err(needle);
+            assert!(matches!(e, BuildError::Route(_)), "{e}");
         }
     }
 
     #[tokio::test]
-    async fn build_checks_references() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        write_file(tmp.path(), "map", "alice@example.org\n");
-        let base = format!(
-            "[recipients.backends.users]\ntype = \"map_file\"\npath = \"{}\"\n",
-            tmp.path().join("map").display()
-        );
-        for (extra, needle) in [
-            ("[[recipients.routes]]\ndomains = [\"example.org\"]\nchain = [\"nope\"]\n", "no backend named \"nope\""),
-            ("[[recipients.routes]]\ndomains = [\"example.org\"]\nchain = []\n", "empty chain"),
-            ("[[recipients.routes]]\ndomains = []\nchain = [\"users\"]\n", "no domains"),
-            ("[[recipients.routes]]\ndomains = [\"example.org\"]\nchain = [\"users\", \"users\"]\n", "twice"),
-            ("[[recipients.routes]]\ndomains = [\"a.test\", \"A.TEST\"]\nchain = [\"users\"]\n", "routed twice"),
-            ("[[recipients.routes]]\ndomains = [\"a b\"]\nchain = [\"users\"]\n", "invalid domain"),
-            ("[recipients.backends.m]\ntype = \"maildir\"\npath_template = \"relative/{local}\"\n", "absolute"),
-        ] {
-            let config = parse(&format!("{base}{extra}")).expect("parses");
-            let e = build(&config).expect_err(extra).to_string();
-            assert!(e.contains(needle), "{extra}: {e}");
-        }
-        write_file(tmp.path(), "map", "alice@example.org\nbroken\n");
-        let config = parse(&base).expect("parses");
-        let e = build(&config).expect_err("bad map").to_string();
-        assert!(e.contains("map:2: "), "{e}");
-    }
-
-    #[tokio::test]
-    async fn built_directory_routes_chains_and_reloads() {
+    async fn built_directory_routes_chains_and_rebuilds_without_touching_the_old_one() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let root = tmp.path();
         write_file(
@@ -406,27 +416,19 @@ mod tests {
             "mail/example.org/alice/Maildir/maildirsize",
             "1000S\n10 1\n",
         );
-        let text = format!(
-            r#"
-            [recipients]
-            [[recipients.routes]]
-            domains = ["example.org"]
-            chain = ["users", "quota"]
-
-            [recipients.backends.users]
-            type = "map_file"
-            path = "{map}"
-            watch_interval = "0s"
-
-            [recipients.backends.quota]
-            type = "maildir"
-            path_template = "{root}/mail/{{domain}}/{{local}}/Maildir"
-            "#,
-            map = root.join("map").display(),
-            root = root.display(),
-        );
-        let config = parse(&text).expect("parses");
-        let built = build_with_reload(&config).expect("builds");
+        let template = format!("{}/mail/{{domain}}/{{local}}/Maildir", root.display());
+        let config = RecipientsConfig {
+            backends: BTreeMap::from([
+                ("users".to_string(), map(&root.join("map"))),
+                (
+                    "quota".to_string(),
+                    BackendConfig::Maildir(MaildirConfig::new(template.parse().expect("template"))),
+                ),
+            ]),
+            routes: vec![route(&["example.org"], &["users", "quota"])],
+            default_chain: Vec::new(),
+        };
+        let built = build(&config).expect("builds");
         let dir = &built.directory;
         use RecipientStatus::*;
         for (address, want) in [
@@ -443,27 +445,37 @@ mod tests {
             );
         }
         write_file(root, "map", "alice@example.org\ncarol@example.org\n");
-        assert!(built.reload.reload().await.is_empty());
+        let again = build_reusing(&config, Some(&built), Arc::new(SystemClock)).expect("rebuilds");
+        assert!(
+            again.shares_backend(&built, "quota"),
+            "unchanged backend kept"
+        );
+        assert!(
+            !again.shares_backend(&built, "users"),
+            "map files are read anew"
+        );
+        let got = again
+            .directory
+            .lookup(&query("carol@example.org", None))
+            .await
+            .expect("answer");
+        assert_eq!(got, Deliverable, "the new map has carol");
         let got = dir
             .lookup(&query("carol@example.org", None))
             .await
             .expect("answer");
-        assert_eq!(got, Deliverable, "reload picked up carol");
+        assert_eq!(got, Unknown, "the old directory is untouched");
         write_file(root, "map", "bad line here\n");
-        let errors = built.reload.reload().await;
-        assert_eq!(errors.len(), 1);
-        assert!(errors[0].to_string().contains("\"users\""), "{}", errors[0]);
-        let got = dir
-            .lookup(&query("carol@example.org", None))
-            .await
-            .expect("answer");
-        assert_eq!(got, Deliverable, "bad map kept the previous one");
+        let e = build_reusing(&config, Some(&again), Arc::new(SystemClock)).expect_err("bad map");
+        assert!(e.to_string().contains("\"users\""), "{e}");
+        assert_eq!(e.key(), "recipients.backends.users.path");
     }
 
     #[test]
     fn empty_config_builds_a_directory_that_handles_nothing() {
-        let config = parse("[recipients]\n").expect("parses");
-        let dir = build(&config).expect("builds without a runtime");
+        let dir = build(&RecipientsConfig::default())
+            .expect("builds without a runtime")
+            .directory;
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
@@ -471,43 +483,6 @@ mod tests {
             .block_on(dir.lookup(&query("a@example.org", None)))
             .expect("answer");
         assert_eq!(got, RecipientStatus::NotHandled);
-    }
-
-    /// Keeps docs/recipients.md in sync with the configuration model.
-    #[test]
-    fn docs_examples_parse() {
-        let doc = include_str!("../../../docs/recipients.md");
-        let blocks = |lang: &str| -> Vec<String> {
-            let fence = format!("```{lang}\n");
-            doc.split(fence.as_str())
-                .skip(1)
-                .map(|rest| rest.split("```").next().unwrap_or("").to_owned())
-                .collect()
-        };
-        let toml_blocks = blocks("toml");
-        assert!(toml_blocks.len() >= 3, "docs have TOML examples");
-        for block in &toml_blocks {
-            let config = parse(block).unwrap_or_else(|e| panic!("{e}\nin:\n{block}"));
-            for backend in config.backends.values() {
-                if let BackendConfig::Maildir(m) = backend {
-                    MaildirQuota::new(m.clone()).expect("documented template is valid");
-                }
-            }
-        }
-        let map = blocks("text")
-            .into_iter()
-            .find(|b| b.starts_with("# /etc/nobounce/recipients"))
-            .expect("docs show a map file");
-        let map = crate::RecipientMap::parse(&map, std::path::Path::new("doc"), Default::default())
-            .expect("documented map parses");
-        assert_eq!(
-            map.lookup("ex-staff@example.org"),
-            RecipientStatus::Disabled
-        );
-        assert_eq!(
-            map.lookup("abuse-test@example.net"),
-            RecipientStatus::Unknown
-        );
     }
 
     #[test]
@@ -521,7 +496,7 @@ mod tests {
             )]),
             ..RecipientsConfig::default()
         };
-        let e = build(&config).expect_err("no runtime").to_string();
-        assert!(e.contains("tokio runtime"), "{e}");
+        let e = build(&config).expect_err("no runtime");
+        assert!(e.to_string().contains("tokio runtime"), "{e}");
     }
 }

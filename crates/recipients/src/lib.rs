@@ -17,7 +17,7 @@
 //!   policy protocol.
 //! - [`maildir`]: Maildir++ `maildirsize` files read from disk.
 //! - [`router`]: [`Chain`] (existence then quota) and [`Router`] (by domain).
-//! - [`config`]: the `[recipients]` TOML section and [`build`].
+//! - [`config`]: the backends and routes of `[recipients]`, and [`build`].
 //! - [`cache`]: the answer cache shared by the network backends, with short
 //!   TTLs for quota.
 //!
@@ -30,7 +30,6 @@
 
 pub mod cache;
 pub mod config;
-pub mod duration;
 pub mod maildir;
 pub mod map_file;
 pub mod net;
@@ -46,12 +45,12 @@ mod testutil;
 pub use crate::{
     cache::CacheConfig,
     config::{
-        build, build_with_clock, build_with_reload, BackendConfig, BuildError, Recipients,
-        RecipientsConfig, ReloadHandle, RouteConfig,
+        build, build_reusing, check_routes, BackendConfig, BuildError, Recipients,
+        RecipientsConfig, RouteConfig, RouteError,
     },
-    maildir::{MaildirConfig, MaildirQuota, MissingMaildir},
+    maildir::{MaildirConfig, MaildirQuota, MissingMaildir, PathTemplate},
     map_file::{MapFileConfig, MapFileDirectory, MapFileError, RecipientMap},
-    net::Endpoint,
+    net::ServerSettings,
     probe::{ProbeProtocol, RcptProbe, RcptProbeConfig},
     quota_status::{QuotaStatus, QuotaStatusConfig},
     router::{Chain, Router},

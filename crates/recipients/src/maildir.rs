@@ -37,60 +37,90 @@
 //! A missing Maildir means `missing` (default `not_handled`: Dovecot creates
 //! a Maildir at the first delivery, so a new user has none yet). A Maildir
 //! without `maildirsize` has no known quota: `Deliverable`.
+//!
+//! # When the mail store fails
+//!
+//! The disk is a backend that can fail like a server, and must fail the same
+//! way: with a temporary failure, never with a rejection.
+//!
+//! - Each lookup has a deadline (`timeout`); file system calls run on
+//!   tokio's blocking threads, at most [`MAX_BLOCKING`] at once per
+//!   backend, so a hung NFS mount ties up a bounded number of threads and
+//!   every further lookup fails in time (→ `451 4.4.3`).
+//! - `maildirsize` is opened without blocking and must be a regular file: a
+//!   FIFO or a device is an error, not a wait.
+//! - With `missing = "unknown"`, a missing Maildir is only `Unknown` when the
+//!   store itself is there: the fixed part of the template
+//!   (`/var/mail/vhosts` of `/var/mail/vhosts/{domain}/{local}/Maildir`)
+//!   must be a directory with something in it. An unmounted store (an empty
+//!   mount point) is an error, not `550 5.1.1` for everyone.
 
 use crate::address::{self, normalize_local, strip_extension};
 use async_trait::async_trait;
-use nobounce_core::{DirectoryError, RecipientDirectory, RecipientQuery, RecipientStatus};
-use serde::{Deserialize, Serialize};
-use std::{
-    io::{self, ErrorKind},
-    path::{Path, PathBuf},
+use nobounce_core::{
+    clock::serialize_duration, DirectoryError, RecipientDirectory, RecipientQuery, RecipientStatus,
 };
-use tokio::io::AsyncReadExt;
+use serde::{Serialize, Serializer};
+use std::{
+    fmt::{self, Display, Formatter},
+    fs::File,
+    io::{self, ErrorKind, Read},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
+use tokio::sync::Semaphore;
 
 /// The largest `maildirsize` read (Dovecot recalculates past 5 KiB).
 const MAX_MAILDIRSIZE: u64 = 1 << 20;
 
+/// Most file system lookups of one backend running at once: a hung mount
+/// ties up at most this many of tokio's blocking threads.
+pub const MAX_BLOCKING: usize = 16;
+
 /// What a missing Maildir means.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum MissingMaildir {
     /// Not this backend's to judge (let the next backend or the MTA decide).
     #[default]
     NotHandled,
-    /// The recipient does not exist.
+    /// The recipient does not exist (if the store is mounted, see the
+    /// module documentation).
     Unknown,
 }
 
 /// Configuration of a Maildir++ quota backend (`type = "maildir"`).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct MaildirConfig {
-    /// Absolute path of a user's Maildir, with `{domain}`, `{local}` and
-    /// `{address}` placeholders. Required; no default.
-    pub path_template: String,
+    /// Where a user's Maildir is. Required; no default.
+    pub path_template: PathTemplate,
     /// What a missing Maildir means: `"not_handled"` or `"unknown"`.
     /// Default: `"not_handled"`.
-    #[serde(default)]
     pub missing: MissingMaildir,
     /// Keep the local part's case in the path. Default: `false`
     /// (lowercased, like Dovecot's `%Ln`).
-    #[serde(default)]
     pub case_sensitive_local_part: bool,
     /// Characters that start an address extension (`"+"`: `alice+tag@` uses
     /// `alice@`'s Maildir). Default: `""`.
-    #[serde(default)]
     pub recipient_delimiter: String,
+    /// Deadline of one lookup (a hung mount fails instead of blocking).
+    /// Default: 2 s.
+    #[serde(serialize_with = "serialize_duration")]
+    pub timeout: Duration,
 }
 
 impl MaildirConfig {
     /// A configuration with every default and the given template.
-    pub fn new(path_template: impl Into<String>) -> Self {
+    pub fn new(path_template: PathTemplate) -> Self {
         Self {
-            path_template: path_template.into(),
+            path_template,
             missing: MissingMaildir::default(),
             case_sensitive_local_part: false,
             recipient_delimiter: String::new(),
+            timeout: Duration::from_secs(2),
         }
     }
 }
@@ -101,6 +131,59 @@ enum Segment {
     Domain,
     Local,
     Address,
+}
+
+/// An absolute path with `{domain}`, `{local}` and `{address}`
+/// placeholders, such as `/var/mail/vhosts/{domain}/{local}/Maildir`.
+///
+/// ```
+/// use nobounce_recipients::maildir::PathTemplate;
+///
+/// let t: PathTemplate = "/var/mail/vhosts/{domain}/{local}/Maildir".parse()?;
+/// assert_eq!(t.store_root().to_str(), Some("/var/mail/vhosts"));
+/// assert!("/var/mail/{domain}".parse::<PathTemplate>().is_err()); // no user
+/// # Ok::<_, String>(())
+/// ```
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct PathTemplate {
+    text: String,
+    segments: Vec<Segment>,
+}
+
+impl PathTemplate {
+    /// The directory every Maildir lives under: the template up to the last
+    /// `/` before its first placeholder.
+    pub fn store_root(&self) -> PathBuf {
+        let fixed = match self.segments.first() {
+            Some(Segment::Text(text)) => text.as_str(),
+            _ => "/",
+        };
+        let cut = fixed.rfind('/').map_or(1, |i| i.max(1));
+        PathBuf::from(&fixed[..cut])
+    }
+}
+
+impl Display for PathTemplate {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for PathTemplate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl FromStr for PathTemplate {
+    type Err = String;
+
+    fn from_str(template: &str) -> Result<Self, String> {
+        Ok(Self {
+            text: template.to_owned(),
+            segments: parse_template(template)?,
+        })
+    }
 }
 
 fn parse_template(template: &str) -> Result<Vec<Segment>, String> {
@@ -182,16 +265,18 @@ impl MaildirSize {
         let header = lines.next().unwrap_or("");
         let (mut bytes_limit, mut count_limit) = (None, None);
         for item in header.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let (digits, unit) = item.split_at(item.len() - 1);
-            let value: u64 = digits
-                .parse()
-                .map_err(|_| format!("line 1: bad quota definition {item:?}"))?;
-            let value = (value != 0).then_some(value);
-            match unit {
-                "S" => bytes_limit = value,
-                "C" => count_limit = value,
-                _ => return Err(format!("line 1: bad quota definition {item:?}")),
-            }
+            let bad = || format!("line 1: bad quota definition {item:?}");
+            // Issue 13, defect 2: an item ending in a multi-byte character
+            // made a byte-index split panic; only ASCII units are valid.
+            let (limit, digits) = if let Some(digits) = item.strip_suffix('S') {
+                (&mut bytes_limit, digits)
+            } else if let Some(digits) = item.strip_suffix('C') {
+                (&mut count_limit, digits)
+            } else {
+                return Err(bad());
+            };
+            let value: u64 = digits.parse().map_err(|_| bad())?;
+            *limit = (value != 0).then_some(value);
         }
         let (mut bytes, mut count): (i128, i128) = (0, 0);
         for (i, line) in lines.enumerate() {
@@ -246,17 +331,20 @@ impl MaildirSize {
 /// A [`RecipientDirectory`] reading Maildir++ `maildirsize` files.
 #[derive(Debug)]
 pub struct MaildirQuota {
-    template: Vec<Segment>,
     config: MaildirConfig,
+    store_root: PathBuf,
+    /// Bounds the blocking threads one backend can tie up.
+    blocking: Arc<Semaphore>,
 }
 
 impl MaildirQuota {
-    /// Checks the template; no file is read yet.
-    pub fn new(config: MaildirConfig) -> Result<Self, String> {
-        Ok(Self {
-            template: parse_template(&config.path_template)?,
+    /// A backend; no file is read yet.
+    pub fn new(config: MaildirConfig) -> Self {
+        Self {
+            store_root: config.path_template.store_root(),
             config,
-        })
+            blocking: Arc::new(Semaphore::new(MAX_BLOCKING)),
+        }
     }
 
     /// The Maildir of `address`, or `None` if the address cannot safely be
@@ -270,7 +358,7 @@ impl MaildirQuota {
             return None;
         }
         let mut path = String::new();
-        for segment in &self.template {
+        for segment in &self.config.path_template.segments {
             match segment {
                 Segment::Text(text) => path.push_str(text),
                 Segment::Domain => path.push_str(&parsed.domain),
@@ -286,16 +374,61 @@ impl MaildirQuota {
     }
 }
 
-async fn read_limited(path: &Path) -> io::Result<Vec<u8>> {
-    let file = tokio::fs::File::open(path).await?;
+/// What the disk says of one Maildir.
+#[derive(Debug)]
+enum OnDisk {
+    /// `maildirsize`'s contents.
+    Quota(Vec<u8>),
+    /// A Maildir without `maildirsize`.
+    NoQuota,
+    /// No Maildir; `store_mounted` tells whether the store root is there.
+    Missing { store_mounted: bool },
+}
+
+/// Reads `maildirsize` of `maildir` without ever waiting on a FIFO or
+/// device (blocking calls; run on a blocking thread).
+fn read_maildir(maildir: &Path, store_root: &Path) -> io::Result<OnDisk> {
+    let file = maildir.join("maildirsize");
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&file)
+    {
+        Ok(f) => {
+            if !f.metadata()?.is_file() {
+                return Err(io::Error::new(
+                    ErrorKind::InvalidData,
+                    format!("{}: not a regular file", file.display()),
+                ));
+            }
+            read_limited(f, &file).map(OnDisk::Quota)
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => match std::fs::metadata(maildir) {
+            Ok(meta) if meta.is_dir() => Ok(OnDisk::NoQuota),
+            Ok(_) => Err(io::Error::new(
+                ErrorKind::InvalidData,
+                format!("{}: not a directory", maildir.display()),
+            )),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(OnDisk::Missing {
+                store_mounted: std::fs::read_dir(store_root)
+                    .is_ok_and(|mut entries| entries.next().is_some()),
+            }),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("{}: {e}", maildir.display()),
+            )),
+        },
+        Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", file.display()))),
+    }
+}
+
+fn read_limited(file: File, path: &Path) -> io::Result<Vec<u8>> {
     let mut data = Vec::new();
-    file.take(MAX_MAILDIRSIZE + 1)
-        .read_to_end(&mut data)
-        .await?;
+    file.take(MAX_MAILDIRSIZE + 1).read_to_end(&mut data)?;
     if data.len() as u64 > MAX_MAILDIRSIZE {
         return Err(io::Error::new(
             ErrorKind::InvalidData,
-            format!("larger than {MAX_MAILDIRSIZE} bytes"),
+            format!("{}: larger than {MAX_MAILDIRSIZE} bytes", path.display()),
         ));
     }
     Ok(data)
@@ -312,41 +445,57 @@ impl RecipientDirectory for MaildirQuota {
             );
             return Ok(RecipientStatus::NotHandled);
         };
-        let file = maildir.join("maildirsize");
-        match read_limited(&file).await {
-            Ok(data) => {
+        let timeout = self.config.timeout;
+        let late = || {
+            DirectoryError::new(format!(
+                "{}: no answer from the file system within {}",
+                maildir.display(),
+                humantime::format_duration(timeout)
+            ))
+        };
+        let on_disk = tokio::time::timeout(timeout, async {
+            let permit = Arc::clone(&self.blocking)
+                .acquire_owned()
+                .await
+                .map_err(|_| DirectoryError::new("maildir backend closed"))?;
+            let (dir, root) = (maildir.clone(), self.store_root.clone());
+            tokio::task::spawn_blocking(move || {
+                // Held until the call returns, however long that takes.
+                let _permit = permit;
+                read_maildir(&dir, &root)
+            })
+            .await
+            .map_err(|e| DirectoryError::with_source("maildir lookup failed", e))?
+            .map_err(|e| DirectoryError::with_source("maildir lookup failed", e))
+        })
+        .await
+        .map_err(|_| late())??;
+        match on_disk {
+            OnDisk::Quota(data) => {
                 let size = MaildirSize::parse(&data).map_err(|why| {
                     tracing::warn!(
                         event = "recipient_maildirsize_corrupt",
-                        path = %file.display(),
+                        path = %maildir.join("maildirsize").display(),
                         %why,
                         "corrupt maildirsize; refusing to guess"
                     );
-                    DirectoryError::new(format!("{}: corrupt: {why}", file.display()))
+                    DirectoryError::new(format!(
+                        "{}/maildirsize: corrupt: {why}",
+                        maildir.display()
+                    ))
                 })?;
                 Ok(size.status_for(query.declared_size))
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                match tokio::fs::metadata(&maildir).await {
-                    Ok(meta) if meta.is_dir() => Ok(RecipientStatus::Deliverable),
-                    Ok(_) => Err(DirectoryError::new(format!(
-                        "{}: not a directory",
-                        maildir.display()
-                    ))),
-                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(match self.config.missing {
-                        MissingMaildir::NotHandled => RecipientStatus::NotHandled,
-                        MissingMaildir::Unknown => RecipientStatus::Unknown,
-                    }),
-                    Err(e) => Err(DirectoryError::with_source(
-                        format!("{}", maildir.display()),
-                        e,
-                    )),
-                }
-            }
-            Err(e) => Err(DirectoryError::with_source(
-                format!("{}", file.display()),
-                e,
-            )),
+            OnDisk::NoQuota => Ok(RecipientStatus::Deliverable),
+            OnDisk::Missing { store_mounted } => match self.config.missing {
+                MissingMaildir::NotHandled => Ok(RecipientStatus::NotHandled),
+                MissingMaildir::Unknown if store_mounted => Ok(RecipientStatus::Unknown),
+                MissingMaildir::Unknown => Err(DirectoryError::new(format!(
+                    "{} is missing or empty: mail store not mounted? (not calling {} unknown)",
+                    self.store_root.display(),
+                    query.address
+                ))),
+            },
         }
     }
 }
@@ -355,6 +504,10 @@ impl RecipientDirectory for MaildirQuota {
 mod tests {
     use super::*;
     use crate::testutil::{query, write_file};
+
+    fn template(text: &str) -> PathTemplate {
+        text.parse().expect("valid template")
+    }
 
     #[test]
     fn parses_dovecot_and_courier_files() {
@@ -437,6 +590,11 @@ mod tests {
 
     #[test]
     fn templates() {
+        let t: PathTemplate = "/var/mail/{domain}/{local}/Maildir".parse().expect("valid");
+        assert_eq!(t.store_root(), Path::new("/var/mail"));
+        assert_eq!(t.to_string(), "/var/mail/{domain}/{local}/Maildir");
+        let t: PathTemplate = "/{local}".parse().expect("valid");
+        assert_eq!(t.store_root(), Path::new("/"));
         assert!(parse_template("/var/mail/{domain}/{local}/Maildir").is_ok());
         assert!(parse_template("/home/{address}").is_ok());
         for bad in [
@@ -454,9 +612,8 @@ mod tests {
     fn local_parts_cannot_escape_the_template() {
         let m = MaildirQuota::new(MaildirConfig {
             recipient_delimiter: "+".into(),
-            ..MaildirConfig::new("/var/mail/vhosts/{domain}/{local}/Maildir")
-        })
-        .expect("valid");
+            ..MaildirConfig::new(template("/var/mail/vhosts/{domain}/{local}/Maildir"))
+        });
         assert_eq!(
             m.maildir_of("Alice+news@Example.ORG"),
             Some(PathBuf::from("/var/mail/vhosts/example.org/alice/Maildir"))
@@ -508,8 +665,8 @@ mod tests {
         );
         std::fs::create_dir_all(root.join("example.org/noquota/Maildir")).expect("mkdir");
         write_file(root, "example.org/file/Maildir", "not a directory");
-        let template = format!("{}/{{domain}}/{{local}}/Maildir", root.display());
-        let m = MaildirQuota::new(MaildirConfig::new(&template)).expect("valid");
+        let template = template(&format!("{}/{{domain}}/{{local}}/Maildir", root.display()));
+        let m = MaildirQuota::new(MaildirConfig::new(template.clone()));
         use RecipientStatus::*;
         for (address, size, want) in [
             ("alice@example.org", Some(8000), Some(Deliverable)),
@@ -544,9 +701,8 @@ mod tests {
         }
         let strict = MaildirQuota::new(MaildirConfig {
             missing: MissingMaildir::Unknown,
-            ..MaildirConfig::new(&template)
-        })
-        .expect("valid");
+            ..MaildirConfig::new(template)
+        });
         let got = strict
             .lookup(&query("nobody@example.org", None))
             .await
@@ -557,5 +713,95 @@ mod tests {
             .await
             .expect("answer");
         assert_eq!(got, Unknown, "the template decides which domains exist");
+    }
+
+    /// Issue 13, defect 2: a quota item ending in a multi-byte character
+    /// (`1000é`) panicked in a byte-index split.
+    #[test]
+    fn issue13_multibyte_quota_unit_is_an_error_not_a_panic() {
+        for data in ["1000é\n", "é\n", "10S,5Ω\n", "\u{10ffff}\n1 1\n"] {
+            let err = MaildirSize::parse(data.as_bytes()).expect_err(data);
+            assert!(err.contains("line 1"), "{data:?}: {err}");
+        }
+    }
+
+    /// Issue 13, defect 2: a FIFO as `maildirsize` blocked the lookup (and
+    /// a worker) for good; it is an error now, in time.
+    #[tokio::test]
+    async fn issue13_fifo_maildirsize_fails_in_time() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(tmp.path().join("example.org/alice/Maildir")).expect("mkdir");
+        let fifo = tmp.path().join("example.org/alice/Maildir/maildirsize");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        let m = MaildirQuota::new(MaildirConfig::new(template(&format!(
+            "{}/{{domain}}/{{local}}/Maildir",
+            tmp.path().display()
+        ))));
+        let got = tokio::time::timeout(
+            Duration::from_secs(10),
+            m.lookup(&query("alice@example.org", None)),
+        )
+        .await
+        .expect("the lookup returns instead of hanging");
+        let err = got.expect_err("a FIFO is no quota file");
+        assert!(err.to_string().contains("maildirsize"), "{err}");
+    }
+
+    /// Issue 13, defect 2: a lookup that the file system does not answer
+    /// fails within the backend's timeout (a hung NFS mount).
+    #[tokio::test]
+    async fn issue13_a_hung_file_system_fails_within_the_timeout() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut config = MaildirConfig::new(template(&format!(
+            "{}/{{domain}}/{{local}}/Maildir",
+            tmp.path().display()
+        )));
+        config.timeout = Duration::from_millis(200);
+        let m = MaildirQuota::new(config);
+        // Every blocking slot is taken by a "hung" call.
+        let held = Arc::clone(&m.blocking)
+            .acquire_many_owned(MAX_BLOCKING as u32)
+            .await
+            .expect("permits");
+        let got = tokio::time::timeout(
+            Duration::from_secs(10),
+            m.lookup(&query("alice@example.org", None)),
+        )
+        .await
+        .expect("bounded by the backend's own timeout");
+        let err = got.expect_err("no answer is an error");
+        assert!(err.to_string().contains("within 200ms"), "{err}");
+        drop(held);
+    }
+
+    /// Issue 13, defect 2: with `missing = "unknown"`, an unmounted mail
+    /// store (an empty mount point) made every recipient unknown, 550 5.1.1
+    /// and bans; it is a temporary failure now.
+    #[tokio::test]
+    async fn issue13_unmounted_store_is_an_error_not_unknown() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = tmp.path().join("vhosts");
+        std::fs::create_dir(&store).expect("empty mount point");
+        let config = MaildirConfig {
+            missing: MissingMaildir::Unknown,
+            ..MaildirConfig::new(template(&format!(
+                "{}/{{domain}}/{{local}}/Maildir",
+                store.display()
+            )))
+        };
+        let m = MaildirQuota::new(config);
+        let err = m
+            .lookup(&query("alice@example.org", None))
+            .await
+            .expect_err("an empty store answers nothing");
+        assert!(err.to_string().contains("not mounted"), "{err}");
+        // Mounted (something in it): a missing Maildir is unknown.
+        std::fs::create_dir_all(store.join("example.org/bob/Maildir")).expect("mkdir");
+        let got = m.lookup(&query("alice@example.org", None)).await;
+        assert_eq!(got.expect("answer"), RecipientStatus::Unknown);
     }
 }

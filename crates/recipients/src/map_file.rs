@@ -46,8 +46,10 @@
 
 use crate::address::{self, normalize_local, strip_extension};
 use async_trait::async_trait;
-use nobounce_core::{DirectoryError, RecipientDirectory, RecipientQuery, RecipientStatus};
-use serde::{Deserialize, Serialize};
+use nobounce_core::{
+    clock::serialize_duration, DirectoryError, RecipientDirectory, RecipientQuery, RecipientStatus,
+};
+use serde::Serialize;
 use std::{
     collections::{hash_map::Entry as HashEntry, HashMap},
     error::Error,
@@ -61,28 +63,21 @@ use std::{
 use tokio::task::JoinHandle;
 
 /// Configuration of a map-file backend (`type = "map_file"`).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct MapFileConfig {
     /// Path of the map file. Required; no default.
     pub path: PathBuf,
     /// Compare local parts case-sensitively. Default: `false` (`Alice@` and
     /// `alice@` are the same recipient).
-    #[serde(default)]
     pub case_sensitive_local_part: bool,
     /// Characters that start an address extension, like Postfix's
     /// `recipient_delimiter` (`"+"` makes `alice+tag@` fall back to
     /// `alice@`). Default: `""` (no extensions).
-    #[serde(default)]
     pub recipient_delimiter: String,
     /// How often to check whether the file changed, and reload it if so.
-    /// `"0s"` disables polling (reload only on SIGHUP). Default: `"5s"`.
-    #[serde(default = "default_watch_interval", with = "crate::duration")]
+    /// `"0s"` disables polling (reload only on SIGHUP). Default: 5 s.
+    #[serde(serialize_with = "serialize_duration")]
     pub watch_interval: Duration,
-}
-
-fn default_watch_interval() -> Duration {
-    Duration::from_secs(5)
 }
 
 impl MapFileConfig {
@@ -92,7 +87,7 @@ impl MapFileConfig {
             path: path.into(),
             case_sensitive_local_part: false,
             recipient_delimiter: String::new(),
-            watch_interval: default_watch_interval(),
+            watch_interval: Duration::from_secs(5),
         }
     }
 }
@@ -387,6 +382,10 @@ pub struct MapFileDirectory {
     // never await.
     current: RwLock<Arc<RecipientMap>>,
     seen: Mutex<FileStamp>,
+    /// Held for a whole reload (stat, read, parse, install), so that a
+    /// watcher's poll and an explicit reload never interleave and install a
+    /// stale map over a newer one (issue 13, item 11).
+    loading: tokio::sync::Mutex<()>,
 }
 
 impl MapFileDirectory {
@@ -411,6 +410,7 @@ impl MapFileDirectory {
             options,
             current: RwLock::new(Arc::new(map)),
             seen: Mutex::new(FileStamp::of(&meta)),
+            loading: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -427,6 +427,7 @@ impl MapFileDirectory {
     /// Re-reads the file now (SIGHUP). On error the previous map stays in
     /// force, a warning is logged, and the error is returned.
     pub async fn reload(&self) -> Result<(), MapFileError> {
+        let _loading = self.loading.lock().await;
         let stamp = match tokio::fs::metadata(&self.path).await {
             Ok(meta) => FileStamp::of(&meta),
             Err(_) => FileStamp::Missing,
@@ -437,6 +438,7 @@ impl MapFileDirectory {
     /// Reloads the file if its metadata changed since the last (attempted)
     /// load. Returns whether a reload was attempted and succeeded.
     pub async fn reload_if_changed(&self) -> Result<bool, MapFileError> {
+        let _loading = self.loading.lock().await;
         let stamp = match tokio::fs::metadata(&self.path).await {
             Ok(meta) => FileStamp::of(&meta),
             Err(_) => FileStamp::Missing,

@@ -1,80 +1,146 @@
-//! Sockets shared by the network backends: endpoints (TCP or unix), a
-//! line reader with a length limit, and a bounded pool of idle connections.
+//! What the network backends (the RCPT probe, quota-status) share: their
+//! server settings, a line reader with a length limit, a bounded pool of
+//! idle connections, and the lookup path through the answer cache.
 
-use serde::{Deserialize, Serialize};
+use crate::{
+    address,
+    cache::{CacheConfig, StatusCache},
+};
+use nobounce_core::{
+    clock::serialize_duration, Clock, DirectoryError, Endpoint, RecipientQuery, RecipientStatus,
+};
+use serde::Serialize;
 use std::{
-    fmt::{self, Debug, Display, Formatter},
+    fmt::{Debug, Display},
+    future::Future,
     io,
-    path::PathBuf,
-    str::FromStr,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::Duration,
 };
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader},
     net::{TcpStream, UnixStream},
     time::Instant,
 };
 
-/// Where a backend server listens.
-///
-/// Written as `unix:/path`, a bare absolute path (unix socket),
-/// `inet:host:port` or `host:port` (TCP; IPv6 as `[::1]:24`).
-#[derive(Clone, Debug, Eq, PartialEq, Deserialize, Serialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum Endpoint {
-    /// A TCP address, `host:port`.
-    Tcp(String),
-    /// A unix-domain socket.
-    Unix(PathBuf),
+/// The settings every network backend has (`[recipients.backends.NAME]`
+/// of type `rcpt_probe` or `quota_status`).
+#[derive(Clone, Debug, Eq, PartialEq, Serialize)]
+pub struct ServerSettings {
+    /// Where the server listens: `"127.0.0.1:24"`, `"inet:host:port"`,
+    /// `"unix:/path"` or `"/path"`. Required; no default.
+    pub address: Endpoint,
+    /// Deadline of one lookup, from waiting for a connection slot to the
+    /// answer. Default: 5 s.
+    #[serde(serialize_with = "serialize_duration")]
+    pub timeout: Duration,
+    /// Most lookups in flight at once, each on its own connection; further
+    /// lookups wait for a slot (within their `timeout`). Default: `4`.
+    pub max_connections: usize,
+    /// Most idle connections kept for reuse; `0` closes each after use.
+    /// Default: `2`.
+    pub max_idle: usize,
+    /// An idle connection older than this is closed rather than reused
+    /// (servers drop idle clients: Dovecot after 5 minutes). Default: 30 s.
+    #[serde(serialize_with = "serialize_duration")]
+    pub idle_timeout: Duration,
+    /// Answer cache. Default: see [`CacheConfig`].
+    pub cache: CacheConfig,
 }
 
-impl FromStr for Endpoint {
-    type Err = String;
+impl ServerSettings {
+    /// The defaults, for a server at `address`.
+    pub fn new(address: Endpoint) -> Self {
+        Self {
+            address,
+            timeout: Duration::from_secs(5),
+            max_connections: 4,
+            max_idle: 2,
+            idle_timeout: Duration::from_secs(30),
+            cache: CacheConfig::default(),
+        }
+    }
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if let Some(path) = s.strip_prefix("unix:") {
-            return if path.starts_with('/') {
-                Ok(Self::Unix(path.into()))
-            } else {
-                Err(format!("unix socket path must be absolute: {s:?}"))
-            };
+/// What [`PooledBackend::lookup`] asks the server, once per cache miss:
+/// the status, and the message size the answer holds for (see
+/// [`StatusCache::put`]).
+pub(crate) type Asked = (Result<RecipientStatus, DirectoryError>, Option<u64>);
+
+/// A backend's connection pool, connection slots and answer cache.
+#[derive(Debug)]
+pub(crate) struct PooledBackend<C> {
+    pub(crate) settings: ServerSettings,
+    pub(crate) pool: Pool<C>,
+    slots: Semaphore,
+    cache: Arc<StatusCache>,
+}
+
+impl<C> PooledBackend<C> {
+    pub(crate) fn new(settings: ServerSettings, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            pool: Pool::new(settings.max_idle, settings.idle_timeout),
+            // The configuration builder refuses 0; an embedder's 0 is 1.
+            slots: Semaphore::new(settings.max_connections.max(1)),
+            cache: Arc::new(StatusCache::new(settings.cache.clone(), clock)),
+            settings,
         }
-        if s.starts_with('/') {
-            return Ok(Self::Unix(s.into()));
+    }
+
+    #[cfg(test)]
+    pub(crate) fn cache(&self) -> Arc<StatusCache> {
+        Arc::clone(&self.cache)
+    }
+
+    /// A connection slot (waits while all are in use).
+    pub(crate) async fn slot(&self) -> Result<SemaphorePermit<'_>, DirectoryError> {
+        self.slots
+            .acquire()
+            .await
+            .map_err(|_| DirectoryError::new(format!("client of {} closed", self.settings.address)))
+    }
+
+    /// Looks `query` up: `NotHandled` for an address no server can judge,
+    /// else the cached answer, else `ask(address)` within the timeout.
+    /// `what` names the backend in errors (`"LMTP probe"`).
+    pub(crate) async fn lookup<'a, F, Fut>(
+        &'a self,
+        query: &RecipientQuery<'_>,
+        what: impl Display,
+        ask: F,
+    ) -> Result<RecipientStatus, DirectoryError>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = Result<Asked, DirectoryError>> + 'a,
+    {
+        let Some(parsed) = address::split(query.address) else {
+            return Ok(RecipientStatus::NotHandled);
+        };
+        let key = format!("{}@{}", parsed.local, parsed.domain);
+        if let Some(status) = self.cache.get(&key, query.declared_size) {
+            tracing::trace!(event = "recipient_cached", recipient = %key, ?status);
+            return Ok(status);
         }
-        let hostport = s.strip_prefix("inet:").unwrap_or(s);
-        match hostport.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-                Ok(Self::Tcp(hostport.to_owned()))
+        let (status, covers) = tokio::time::timeout(self.settings.timeout, ask(key.clone()))
+            .await
+            .map_err(|_| {
+                DirectoryError::new(format!(
+                    "{what} of {}: no answer within {}",
+                    self.settings.address,
+                    humantime::format_duration(self.settings.timeout)
+                ))
+            })??;
+        match &status {
+            Ok(status) => {
+                tracing::debug!(event = "recipient_asked", backend = %what, recipient = %key, ?status);
+                self.cache.put(&key, covers, status);
             }
-            _ => Err(format!(
-                "invalid endpoint {s:?}: expected host:port, inet:host:port, unix:/path or /path"
-            )),
+            Err(error) => {
+                tracing::warn!(event = "recipient_lookup_failed", backend = %what, recipient = %key, %error);
+            }
         }
-    }
-}
-
-impl TryFrom<String> for Endpoint {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Endpoint> for String {
-    fn from(e: Endpoint) -> String {
-        e.to_string()
-    }
-}
-
-impl Display for Endpoint {
-    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Tcp(hostport) => f.write_str(hostport),
-            Self::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
+        status
     }
 }
 
@@ -91,8 +157,8 @@ pub(crate) struct LineConn {
 impl LineConn {
     pub(crate) async fn connect(endpoint: &Endpoint) -> io::Result<Self> {
         let io: Box<dyn Io> = match endpoint {
-            Endpoint::Tcp(hostport) => {
-                let stream = TcpStream::connect(hostport.as_str()).await?;
+            Endpoint::Tcp { host, port } => {
+                let stream = TcpStream::connect((host.as_str(), *port)).await?;
                 stream.set_nodelay(true)?;
                 Box::new(stream)
             }
@@ -212,41 +278,6 @@ impl<C> Pool<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoint_syntax() {
-        assert_eq!(
-            "127.0.0.1:24".parse(),
-            Ok(Endpoint::Tcp("127.0.0.1:24".into()))
-        );
-        assert_eq!(
-            "inet:localhost:12340".parse(),
-            Ok(Endpoint::Tcp("localhost:12340".into()))
-        );
-        assert_eq!("[::1]:24".parse(), Ok(Endpoint::Tcp("[::1]:24".into())));
-        assert_eq!(
-            "unix:/run/dovecot/lmtp".parse(),
-            Ok(Endpoint::Unix("/run/dovecot/lmtp".into()))
-        );
-        assert_eq!(
-            "/run/dovecot/lmtp".parse(),
-            Ok(Endpoint::Unix("/run/dovecot/lmtp".into()))
-        );
-        for bad in [
-            "",
-            "localhost",
-            "unix:relative",
-            "host:port",
-            ":24",
-            "host:99999",
-        ] {
-            assert!(bad.parse::<Endpoint>().is_err(), "{bad:?}");
-        }
-        for e in ["127.0.0.1:24", "unix:/x/y"] {
-            let parsed: Endpoint = e.parse().expect("valid");
-            assert_eq!(parsed.to_string(), e);
-        }
-    }
 
     #[test]
     fn pool_is_bounded() {

@@ -34,21 +34,20 @@
 //! answer that never loses mail. Each lookup has one deadline covering the
 //! wait for a connection slot, connecting, greeting and the whole exchange;
 //! on expiry the lookup fails (→ tempfail) and the connection is dropped.
-//! Answers, never errors, are cached (see [`CacheConfig`]).
+//! Answers, never errors, are cached (see [`crate::CacheConfig`]).
 
 use crate::{
-    address,
-    cache::{CacheConfig, StatusCache},
-    net::{Endpoint, LineConn, Pool},
-    reply::{classify, Reply, ReplyParser},
+    net::{LineConn, PooledBackend, ServerSettings},
+    reply::classify,
 };
 use async_trait::async_trait;
 use nobounce_core::{
-    Clock, DirectoryError, RecipientDirectory, RecipientQuery, RecipientStatus, SystemClock,
+    smtp_reply::{ReplyParser, SmtpReply},
+    Clock, DirectoryError, Endpoint, RecipientDirectory, RecipientQuery, RecipientStatus,
+    SystemClock,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::{io, sync::Arc, time::Duration};
-use tokio::sync::Semaphore;
 
 /// Longest reply line accepted (RFC 5321 allows 512 octets; be lenient).
 const MAX_LINE: usize = 4096;
@@ -56,7 +55,7 @@ const MAX_LINE: usize = 4096;
 const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Which dialect the server speaks.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ProbeProtocol {
     /// LMTP (RFC 2033): `LHLO`. Dovecot's `lmtp` service.
@@ -74,7 +73,8 @@ impl ProbeProtocol {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// `"LMTP"` or `"SMTP"`, for messages.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Lmtp => "LMTP",
             Self::Smtp => "SMTP",
@@ -83,87 +83,26 @@ impl ProbeProtocol {
 }
 
 /// Configuration of an RCPT probe backend (`type = "rcpt_probe"`).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct RcptProbeConfig {
-    /// Where the server listens: `"127.0.0.1:24"`, `"inet:host:port"`,
-    /// `"unix:/path"` or `"/path"`. Required; no default.
-    pub address: Endpoint,
+    /// Address, timeout, connections and cache.
+    #[serde(flatten)]
+    pub server: ServerSettings,
     /// `"lmtp"` or `"smtp"`. Default: `"lmtp"`.
-    #[serde(default)]
     pub protocol: ProbeProtocol,
-    /// The name sent with `LHLO`/`EHLO`. Default: `"localhost"`.
-    #[serde(default = "default_helo_name")]
+    /// The name sent with `LHLO`/`EHLO`: no spaces or control characters.
+    /// Default: `"localhost"`.
     pub helo_name: String,
-    /// Deadline of one lookup, from waiting for a connection slot to the
-    /// `RCPT` reply. Default: `"5s"`.
-    #[serde(default = "default_timeout", with = "crate::duration")]
-    pub timeout: Duration,
-    /// Most probes in flight at once, each on its own connection; further
-    /// lookups wait for a slot (within their `timeout`). Default: `4`.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-    /// Most idle connections kept for reuse; `0` closes each after use.
-    /// Default: `2`.
-    #[serde(default = "default_max_idle")]
-    pub max_idle: usize,
-    /// An idle connection older than this is closed rather than reused
-    /// (servers drop idle clients: Dovecot after 5 minutes). Default:
-    /// `"30s"`.
-    #[serde(default = "default_idle_timeout", with = "crate::duration")]
-    pub idle_timeout: Duration,
-    /// Answer cache. Default: see [`CacheConfig`].
-    #[serde(default)]
-    pub cache: CacheConfig,
-}
-
-fn default_helo_name() -> String {
-    "localhost".into()
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_max_connections() -> usize {
-    4
-}
-fn default_max_idle() -> usize {
-    2
-}
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(30)
 }
 
 impl RcptProbeConfig {
     /// A configuration with every default and the given server address.
     pub fn new(address: Endpoint) -> Self {
         Self {
-            address,
+            server: ServerSettings::new(address),
             protocol: ProbeProtocol::default(),
-            helo_name: default_helo_name(),
-            timeout: default_timeout(),
-            max_connections: default_max_connections(),
-            max_idle: default_max_idle(),
-            idle_timeout: default_idle_timeout(),
-            cache: CacheConfig::default(),
+            helo_name: "localhost".into(),
         }
-    }
-
-    pub(crate) fn validate(&self) -> Result<(), String> {
-        if self.max_connections == 0 {
-            return Err("max_connections must be at least 1".into());
-        }
-        if self.timeout.is_zero() {
-            return Err("timeout must be more than 0s".into());
-        }
-        if self.helo_name.is_empty()
-            || self
-                .helo_name
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(format!("invalid helo_name {:?}", self.helo_name));
-        }
-        Ok(())
     }
 }
 
@@ -205,13 +144,17 @@ struct Session {
 #[derive(Debug)]
 struct Probed {
     status: Result<RecipientStatus, DirectoryError>,
-    /// The size given with `MAIL FROM`, if any.
-    size_sent: Option<u64>,
+    /// The message size the answer is about, for the cache: the size given
+    /// with `MAIL FROM`, `Some(0)` when none was given (the server checked
+    /// room for an empty message only), and `None` when the server does not
+    /// do `SIZE` at all (no probe can learn more, so the answer holds for
+    /// every size).
+    covers: Option<u64>,
 }
 
 impl Session {
     async fn open(config: &RcptProbeConfig) -> Result<Self, ProbeError> {
-        let conn = LineConn::connect(&config.address).await?;
+        let conn = LineConn::connect(&config.server.address).await?;
         let mut session = Self {
             conn: Some(conn),
             size: SizeSupport::None,
@@ -253,11 +196,14 @@ impl Session {
             .expect("a session holds its connection until dropped")
     }
 
-    async fn read_reply(&mut self) -> Result<Reply, ProbeError> {
+    async fn read_reply(&mut self) -> Result<SmtpReply, ProbeError> {
         let mut parser = ReplyParser::default();
         loop {
             let line = self.conn().read_line(MAX_LINE).await?;
-            if let Some(reply) = parser.push(&line).map_err(ProbeError::Protocol)? {
+            if let Some(reply) = parser
+                .push(&line)
+                .map_err(|e| ProbeError::Protocol(e.to_string()))?
+            {
                 // 421: the server is closing the connection.
                 self.clean = reply.code != 421 && !self.conn().has_buffered_input();
                 return Ok(reply);
@@ -265,7 +211,7 @@ impl Session {
         }
     }
 
-    async fn command(&mut self, command: &str) -> Result<Reply, ProbeError> {
+    async fn command(&mut self, command: &str) -> Result<SmtpReply, ProbeError> {
         self.clean = false;
         self.conn()
             .write_all(format!("{command}\r\n").as_bytes())
@@ -281,7 +227,7 @@ impl Session {
         } else {
             return Ok(Probed {
                 status: Ok(RecipientStatus::NotHandled),
-                size_sent: None,
+                covers: Some(0),
             });
         };
         let mut size_sent = match (size, self.size) {
@@ -304,25 +250,27 @@ impl Session {
             size_sent = None;
             mail = self.command(&format!("MAIL FROM:<>{utf8}")).await?;
         }
+        // Issue 13, defect 1: an answer without SIZE= only says there is
+        // room for an empty message.
+        let covers = match self.size {
+            SizeSupport::None => None,
+            SizeSupport::Unlimited | SizeSupport::Max(_) => Some(size_sent.unwrap_or(0)),
+        };
         if mail.code / 100 != 2 {
             return Ok(Probed {
                 status: Err(DirectoryError::new(format!("MAIL FROM:<> refused: {mail}"))),
-                size_sent,
+                covers,
             });
         }
         let rcpt = self.command(&format!("RCPT TO:<{address}>")).await?;
-        let status = classify(
-            rcpt.code,
-            rcpt.enhanced,
-            rcpt.lines.first().map_or("", |l| l.as_str()),
-        );
+        let status = classify(rcpt.code, rcpt.status, rcpt.first_line());
         if self.clean {
             let rset = self.command("RSET").await?;
             if rset.code != 250 {
                 self.clean = false;
             }
         }
-        Ok(Probed { status, size_sent })
+        Ok(Probed { status, covers })
     }
 }
 
@@ -349,53 +297,37 @@ impl Drop for Session {
 /// A [`RecipientDirectory`] that asks an LMTP/SMTP server at `RCPT TO`.
 #[derive(Debug)]
 pub struct RcptProbe {
+    protocol: ProbeProtocol,
     config: RcptProbeConfig,
-    pool: Pool<Session>,
-    slots: Semaphore,
-    cache: Arc<StatusCache>,
+    backend: PooledBackend<Session>,
 }
 
 impl RcptProbe {
     /// A probe using the system clock for its cache.
-    pub fn new(config: RcptProbeConfig) -> Result<Self, String> {
+    pub fn new(config: RcptProbeConfig) -> Self {
         Self::with_clock(config, Arc::new(SystemClock))
     }
 
     /// A probe whose cache reads time from `clock` (tests).
-    pub fn with_clock(config: RcptProbeConfig, clock: Arc<dyn Clock>) -> Result<Self, String> {
-        config.validate()?;
-        Ok(Self {
-            pool: Pool::new(config.max_idle, config.idle_timeout),
-            slots: Semaphore::new(config.max_connections),
-            cache: Arc::new(StatusCache::new(config.cache.clone(), clock)),
+    pub fn with_clock(config: RcptProbeConfig, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            protocol: config.protocol,
+            backend: PooledBackend::new(config.server.clone(), clock),
             config,
-        })
-    }
-
-    /// Forgets every cached answer (on reload).
-    pub fn clear_cache(&self) {
-        self.cache.clear();
-    }
-
-    pub(crate) fn cache(&self) -> Arc<StatusCache> {
-        Arc::clone(&self.cache)
+        }
     }
 
     fn fail(&self, what: impl std::fmt::Display) -> DirectoryError {
         DirectoryError::new(format!(
             "{} probe of {}: {what}",
-            self.config.protocol.name(),
-            self.config.address
+            self.protocol.name(),
+            self.config.server.address
         ))
     }
 
     async fn probe(&self, address: &str, size: Option<u64>) -> Result<Probed, DirectoryError> {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| self.fail("probe closed"))?;
-        let (pooled, stale) = self.pool.take();
+        let _slot = self.backend.slot().await?;
+        let (pooled, stale) = self.backend.pool.take();
         drop(stale); // each says QUIT on drop
         if let Some(mut session) = pooled {
             match session.rcpt(address, size).await {
@@ -406,7 +338,7 @@ impl RcptProbe {
                 Err(ProbeError::Io(error)) => {
                     tracing::debug!(
                         event = "recipient_probe_stale_connection",
-                        server = %self.config.address,
+                        server = %self.config.server.address,
                         %error,
                         "pooled connection failed; retrying on a new one"
                     );
@@ -430,8 +362,8 @@ impl RcptProbe {
             ProbeError::Io(e) => DirectoryError::with_source(
                 format!(
                     "{} probe of {}",
-                    self.config.protocol.name(),
-                    self.config.address
+                    self.protocol.name(),
+                    self.config.server.address
                 ),
                 e,
             ),
@@ -442,7 +374,7 @@ impl RcptProbe {
     fn release(&self, session: Session) {
         if session.clean {
             // A full pool hands the session back; dropping it says QUIT.
-            drop(self.pool.put(session));
+            drop(self.backend.pool.put(session));
         }
     }
 }
@@ -450,40 +382,20 @@ impl RcptProbe {
 impl Drop for RcptProbe {
     fn drop(&mut self) {
         // Each idle session says QUIT as it is dropped.
-        drop(self.pool.drain());
+        drop(self.backend.pool.drain());
     }
 }
 
 #[async_trait]
 impl RecipientDirectory for RcptProbe {
     async fn lookup(&self, query: &RecipientQuery<'_>) -> Result<RecipientStatus, DirectoryError> {
-        let Some(parsed) = address::split(query.address) else {
-            return Ok(RecipientStatus::NotHandled);
-        };
-        let key = format!("{}@{}", parsed.local, parsed.domain);
-        if let Some(status) = self.cache.get(&key, query.declared_size) {
-            tracing::trace!(event = "recipient_probe_cached", recipient = %key, ?status);
-            return Ok(status);
-        }
-        let probed =
-            tokio::time::timeout(self.config.timeout, self.probe(&key, query.declared_size))
-                .await
-                .map_err(|_| {
-                    self.fail(format!(
-                        "no answer within {}",
-                        crate::duration::format(self.config.timeout)
-                    ))
-                })??;
-        match &probed.status {
-            Ok(status) => {
-                tracing::debug!(event = "recipient_probed", recipient = %key, ?status);
-                self.cache.put(&key, probed.size_sent, status);
-            }
-            Err(error) => {
-                tracing::warn!(event = "recipient_probe_failed", recipient = %key, %error);
-            }
-        }
-        probed.status.map_err(|e| self.fail(e))
+        let what = format_args!("{} probe", self.protocol.name()).to_string();
+        self.backend
+            .lookup(query, what, |address| async move {
+                let probed = self.probe(&address, query.declared_size).await?;
+                Ok((probed.status.map_err(|e| self.fail(e)), probed.covers))
+            })
+            .await
     }
 }
 

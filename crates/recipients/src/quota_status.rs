@@ -32,83 +32,35 @@
 //! the LMTP probe), or set `quota_status_nouser = 550 5.1.1 User unknown`.
 
 use crate::{
-    address,
-    cache::{CacheConfig, StatusCache},
-    net::{Endpoint, LineConn, Pool},
-    reply::{classify, parse_enhanced},
+    net::{LineConn, PooledBackend, ServerSettings},
+    reply::classify,
 };
 use async_trait::async_trait;
 use nobounce_core::{
-    Clock, DirectoryError, RecipientDirectory, RecipientQuery, RecipientStatus, SystemClock,
+    Clock, DirectoryError, Endpoint, EnhancedStatus, RecipientDirectory, RecipientQuery,
+    RecipientStatus, SystemClock,
 };
-use serde::{Deserialize, Serialize};
-use std::{io, sync::Arc, time::Duration};
-use tokio::sync::Semaphore;
+use serde::Serialize;
+use std::{io, sync::Arc};
 
 const MAX_LINE: usize = 4096;
 const MAX_ATTRIBUTES: usize = 64;
 
 /// Configuration of a quota-status backend (`type = "quota_status"`).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct QuotaStatusConfig {
-    /// Where the policy service listens: `"127.0.0.1:12340"`,
-    /// `"inet:host:port"`, `"unix:/path"` or `"/path"`. Required.
-    pub address: Endpoint,
-    /// Deadline of one lookup, from waiting for a connection slot to the
-    /// answer. Default: `"5s"`.
-    #[serde(default = "default_timeout", with = "crate::duration")]
-    pub timeout: Duration,
-    /// Most queries in flight at once, each on its own connection.
-    /// Default: `4`.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-    /// Most idle connections kept for reuse. Default: `2`.
-    #[serde(default = "default_max_idle")]
-    pub max_idle: usize,
-    /// An idle connection older than this is closed rather than reused.
-    /// Default: `"30s"`.
-    #[serde(default = "default_idle_timeout", with = "crate::duration")]
-    pub idle_timeout: Duration,
-    /// Answer cache. Default: see [`CacheConfig`].
-    #[serde(default)]
-    pub cache: CacheConfig,
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_max_connections() -> usize {
-    4
-}
-fn default_max_idle() -> usize {
-    2
-}
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(30)
+    /// Address (the policy service: `"127.0.0.1:12340"`, `"unix:/path"`),
+    /// timeout, connections and cache.
+    #[serde(flatten)]
+    pub server: ServerSettings,
 }
 
 impl QuotaStatusConfig {
     /// A configuration with every default and the given service address.
     pub fn new(address: Endpoint) -> Self {
         Self {
-            address,
-            timeout: default_timeout(),
-            max_connections: default_max_connections(),
-            max_idle: default_max_idle(),
-            idle_timeout: default_idle_timeout(),
-            cache: CacheConfig::default(),
+            server: ServerSettings::new(address),
         }
-    }
-
-    pub(crate) fn validate(&self) -> Result<(), String> {
-        if self.max_connections == 0 {
-            return Err("max_connections must be at least 1".into());
-        }
-        if self.timeout.is_zero() {
-            return Err("timeout must be more than 0s".into());
-        }
-        Ok(())
     }
 }
 
@@ -122,7 +74,8 @@ pub(crate) fn classify_action(action: &str) -> Result<RecipientStatus, Directory
         let code: u16 = word
             .parse()
             .map_err(|_| DirectoryError::new("bad action code"))?;
-        let enhanced = parse_enhanced(text).filter(|e| u16::from(e.class) == code / 100);
+        let enhanced =
+            EnhancedStatus::at_start(text).filter(|e| u16::from(e.class()) == code / 100);
         return classify(code, enhanced, text)
             .map_err(|e| DirectoryError::new(format!("quota-status action {action:?}: {e}")));
     }
@@ -137,7 +90,7 @@ pub(crate) fn classify_action(action: &str) -> Result<RecipientStatus, Directory
             )))
         }
     };
-    let enhanced = parse_enhanced(text).map(|e| (e.class, e.subject, e.detail));
+    let enhanced = EnhancedStatus::at_start(text).map(|e| (e.class(), e.subject(), e.detail()));
     let lower = text.to_lowercase();
     let says = |phrases: &[&str]| phrases.iter().any(|p| lower.contains(p));
     match enhanced {
@@ -173,36 +126,24 @@ pub(crate) fn classify_action(action: &str) -> Result<RecipientStatus, Directory
 /// A [`RecipientDirectory`] that asks Dovecot's quota-status service.
 #[derive(Debug)]
 pub struct QuotaStatus {
-    config: QuotaStatusConfig,
-    pool: Pool<LineConn>,
-    slots: Semaphore,
-    cache: Arc<StatusCache>,
+    backend: PooledBackend<LineConn>,
 }
 
 impl QuotaStatus {
     /// A client using the system clock for its cache.
-    pub fn new(config: QuotaStatusConfig) -> Result<Self, String> {
+    pub fn new(config: QuotaStatusConfig) -> Self {
         Self::with_clock(config, Arc::new(SystemClock))
     }
 
     /// A client whose cache reads time from `clock` (tests).
-    pub fn with_clock(config: QuotaStatusConfig, clock: Arc<dyn Clock>) -> Result<Self, String> {
-        config.validate()?;
-        Ok(Self {
-            pool: Pool::new(config.max_idle, config.idle_timeout),
-            slots: Semaphore::new(config.max_connections),
-            cache: Arc::new(StatusCache::new(config.cache.clone(), clock)),
-            config,
-        })
+    pub fn with_clock(config: QuotaStatusConfig, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            backend: PooledBackend::new(config.server, clock),
+        }
     }
 
-    /// Forgets every cached answer (on reload).
-    pub fn clear_cache(&self) {
-        self.cache.clear();
-    }
-
-    pub(crate) fn cache(&self) -> Arc<StatusCache> {
-        Arc::clone(&self.cache)
+    fn address(&self) -> &Endpoint {
+        &self.backend.settings.address
     }
 
     async fn exchange(conn: &mut LineConn, request: &str) -> io::Result<String> {
@@ -223,35 +164,29 @@ impl QuotaStatus {
     }
 
     async fn ask(&self, request: &str) -> Result<String, DirectoryError> {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| DirectoryError::new("quota-status client closed"))?;
-        let (pooled, stale) = self.pool.take();
+        let _slot = self.backend.slot().await?;
+        let (pooled, stale) = self.backend.pool.take();
         drop(stale);
         if let Some(mut conn) = pooled {
             match Self::exchange(&mut conn, request).await {
                 Ok(action) => {
-                    drop(self.pool.put(conn));
+                    drop(self.backend.pool.put(conn));
                     return Ok(action);
                 }
                 Err(error) => tracing::debug!(
                     event = "quota_status_stale_connection",
-                    server = %self.config.address,
+                    server = %self.address(),
                     %error,
                     "pooled connection failed; retrying on a new one"
                 ),
             }
         }
         let fail = |e: io::Error| {
-            DirectoryError::with_source(format!("quota-status at {}", self.config.address), e)
+            DirectoryError::with_source(format!("quota-status at {}", self.address()), e)
         };
-        let mut conn = LineConn::connect(&self.config.address)
-            .await
-            .map_err(fail)?;
+        let mut conn = LineConn::connect(self.address()).await.map_err(fail)?;
         let action = Self::exchange(&mut conn, request).await.map_err(fail)?;
-        drop(self.pool.put(conn));
+        drop(self.backend.pool.put(conn));
         Ok(action)
     }
 }
@@ -259,40 +194,20 @@ impl QuotaStatus {
 #[async_trait]
 impl RecipientDirectory for QuotaStatus {
     async fn lookup(&self, query: &RecipientQuery<'_>) -> Result<RecipientStatus, DirectoryError> {
-        let Some(parsed) = address::split(query.address) else {
-            return Ok(RecipientStatus::NotHandled);
-        };
-        let key = format!("{}@{}", parsed.local, parsed.domain);
+        // `size` is always sent (see the module documentation).
         let size = query.declared_size.unwrap_or(0);
-        if let Some(status) = self.cache.get(&key, Some(size)) {
-            return Ok(status);
-        }
-        let request = format!(
-            "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\nrecipient={key}\nsize={size}\n\n"
-        );
-        let action = tokio::time::timeout(self.config.timeout, self.ask(&request))
+        self.backend
+            .lookup(query, "quota-status", |recipient| async move {
+                let request = format!(
+                    "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\nrecipient={recipient}\nsize={size}\n\n"
+                );
+                let action = self.ask(&request).await?;
+                let status = classify_action(&action).map_err(|error| {
+                    DirectoryError::new(format!("quota-status at {}: {error}", self.address()))
+                });
+                Ok((status, Some(size)))
+            })
             .await
-            .map_err(|_| {
-                DirectoryError::new(format!(
-                    "quota-status at {}: no answer within {}",
-                    self.config.address,
-                    crate::duration::format(self.config.timeout)
-                ))
-            })??;
-        match classify_action(&action) {
-            Ok(status) => {
-                tracing::debug!(event = "recipient_quota_status", recipient = %key, %action, ?status);
-                self.cache.put(&key, Some(size), &status);
-                Ok(status)
-            }
-            Err(error) => {
-                tracing::warn!(event = "recipient_quota_status_failed", recipient = %key, %error);
-                Err(DirectoryError::new(format!(
-                    "quota-status at {}: {error}",
-                    self.config.address
-                )))
-            }
-        }
     }
 }
 
@@ -301,6 +216,7 @@ mod tests {
     use super::*;
     use crate::testutil::{fake_policy, query, FakeServer};
     use std::collections::HashMap;
+    use std::time::Duration;
 
     #[test]
     fn action_mapping() {
@@ -357,7 +273,7 @@ mod tests {
 
     fn config(server: &FakeServer) -> QuotaStatusConfig {
         let mut config = QuotaStatusConfig::new(server.endpoint.clone());
-        config.timeout = Duration::from_secs(20);
+        config.server.timeout = Duration::from_secs(20);
         config
     }
 
@@ -365,7 +281,7 @@ mod tests {
     async fn speaks_the_policy_protocol_on_one_connection() {
         for unix in [false, true] {
             let server = fake_policy(answers(), "REJECT Unknown user", unix).await;
-            let client = QuotaStatus::new(config(&server)).expect("valid config");
+            let client = QuotaStatus::new(config(&server));
             use RecipientStatus::*;
             for (address, size, want) in [
                 ("alice@example.org", Some(100), Some(Deliverable)),
@@ -416,8 +332,8 @@ mod tests {
     async fn caches_answers_by_size_and_times_out() {
         let server = fake_policy(answers(), "DUNNO", false).await;
         let mut config = config(&server);
-        config.timeout = Duration::from_secs(2);
-        let client = QuotaStatus::new(config).expect("valid config");
+        config.server.timeout = Duration::from_secs(2);
+        let client = QuotaStatus::new(config);
         client
             .lookup(&query("alice@example.org", Some(100)))
             .await
@@ -464,7 +380,7 @@ mod tests {
     async fn unreachable_service_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = QuotaStatusConfig::new(Endpoint::Unix(dir.path().join("nothing-here")));
-        let client = QuotaStatus::new(config).expect("valid config");
+        let client = QuotaStatus::new(config);
         client
             .lookup(&query("alice@example.org", None))
             .await

@@ -1,7 +1,7 @@
 //! Fake servers for the tests: an LMTP server and a policy (quota-status)
 //! server, on 127.0.0.1:0 or a unix socket in a temp dir.
 
-use crate::net::Endpoint;
+use nobounce_core::Endpoint;
 use nobounce_core::RecipientQuery;
 use std::{
     collections::HashMap,
@@ -153,7 +153,7 @@ async fn serve(handler: Handler, unix: bool) -> FakeServer {
                 tokio::spawn(handler(Box::new(stream), n, Arc::clone(&log2)));
             }
         });
-        (Endpoint::Tcp(addr.to_string()), task, None)
+        (Endpoint::tcp(addr), task, None)
     };
     FakeServer {
         endpoint,

@@ -78,7 +78,7 @@ impl FallbackStore<RedisStore> {
         Ok(Self::new(
             RedisStore::new(config)?,
             MemoryStore::default(),
-            config.retry_interval(),
+            config.retry,
         ))
     }
 }

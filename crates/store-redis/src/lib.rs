@@ -40,5 +40,5 @@ mod redis_store;
 
 pub use crate::{
     fallback::FallbackStore,
-    redis_store::{RedisConfig, RedisStore},
+    redis_store::{check_url, redact, RedisConfig, RedisStore},
 };

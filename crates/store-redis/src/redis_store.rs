@@ -1,12 +1,13 @@
 //! [`RedisStore`]: the `StateStore` port on Redis.
 
 use async_trait::async_trait;
+use nobounce_core::clock::serialize_duration;
 use nobounce_core::store::{
     duration_millis, from_millis, to_millis, Ban, BanRule, StateStore, StoreError, Strike,
     MAX_DISTINCT_MEMBERS,
 };
 use redis::{aio::ConnectionManager, Client, Script};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::{
     fmt::{self, Debug, Formatter},
     future::Future,
@@ -16,22 +17,25 @@ use std::{
 use tokio::sync::OnceCell;
 
 /// Settings of the Redis store (`[store.redis]` in the configuration file).
-#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Clone, Eq, PartialEq, Serialize)]
 pub struct RedisConfig {
     /// Where Redis is: `redis://[:PASSWORD@]HOST[:PORT][/DB]` or
-    /// `redis+unix:///PATH`. Default `redis://127.0.0.1:6379`.
+    /// `redis+unix:///PATH`. Default `redis://127.0.0.1:6379`. Shown (in
+    /// logs, `Debug`, `nobounce config check`) without its password.
+    #[serde(serialize_with = "serialize_redacted")]
     pub url: String,
     /// Put before every key, so several programs (or test runs) can share one
     /// Redis. Default `nobounce:`.
     pub prefix: String,
-    /// How long one operation may take, connecting included, in
-    /// milliseconds; past it the operation fails (and mail goes on as if
-    /// nobody were banned). Default 500.
-    pub timeout_ms: u64,
+    /// How long one operation may take, connecting included; past it the
+    /// operation fails (and mail goes on as if nobody were banned).
+    /// Default 500 ms.
+    #[serde(serialize_with = "serialize_duration")]
+    pub timeout: Duration,
     /// While Redis is unreachable, how often [`crate::FallbackStore`] tries
-    /// it again, in milliseconds. Default 5000.
-    pub retry_ms: u64,
+    /// it again. Default 5 s.
+    #[serde(serialize_with = "serialize_duration")]
+    pub retry: Duration,
 }
 
 impl Default for RedisConfig {
@@ -39,22 +43,66 @@ impl Default for RedisConfig {
         Self {
             url: "redis://127.0.0.1:6379".into(),
             prefix: "nobounce:".into(),
-            timeout_ms: 500,
-            retry_ms: 5000,
+            timeout: Duration::from_millis(500),
+            retry: Duration::from_secs(5),
         }
     }
 }
 
-impl RedisConfig {
-    /// The per-operation timeout.
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms)
+impl Debug for RedisConfig {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .finish()
     }
+}
 
-    /// The retry interval of the fallback store.
-    pub fn retry_interval(&self) -> Duration {
-        Duration::from_millis(self.retry_ms)
+/// Checks that `url` is a Redis URL this build can use: `redis://`,
+/// `redis+unix://` or `unix://`. `rediss://` (TLS) is refused: TLS is not
+/// compiled in.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    match scheme {
+        "redis" | "redis+unix" | "unix" => {}
+        "rediss" => {
+            return Err(
+                "rediss:// (TLS) is not supported by this build of nobounce; use redis:// \
+                 over a trusted network, or a unix socket (redis+unix:///path)"
+                    .into(),
+            )
+        }
+        _ => {
+            return Err(format!(
+                "{:?} must start with redis:// or redis+unix://",
+                redact(url)
+            ))
+        }
     }
+    redis::IntoConnectionInfo::into_connection_info(url)
+        .map(drop)
+        .map_err(|e| format!("invalid redis url {:?}: {e}", redact(url)))
+}
+
+/// `url` with any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn serialize_redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact(url))
 }
 
 /// The Lua scripts, loaded once per process (and again by the redis crate
@@ -155,7 +203,7 @@ impl RedisStore {
                 conn: OnceCell::new(),
                 prefix: config.prefix.clone(),
                 prefix_pattern: glob_escape(&config.prefix),
-                timeout: config.timeout(),
+                timeout: config.timeout,
                 scripts: Scripts::new(),
             }),
         })
@@ -416,17 +464,29 @@ mod tests {
     }
 
     #[test]
-    fn config_defaults_and_unknown_fields() {
-        let c: RedisConfig = toml::from_str("").unwrap();
-        assert_eq!(c, RedisConfig::default());
-        assert_eq!(c.prefix, "nobounce:");
-        assert_eq!(c.timeout(), Duration::from_millis(500));
-        assert!(toml::from_str::<RedisConfig>("timeout = 3").is_err());
+    fn urls_are_checked_and_passwords_redacted() {
         assert!(RedisStore::new(&RedisConfig {
             url: "not a url".into(),
             ..RedisConfig::default()
         })
         .is_err());
+        check_url("redis://127.0.0.1:6379/2").unwrap();
+        check_url("redis+unix:///run/redis.sock").unwrap();
+        assert!(check_url("rediss://example.org")
+            .unwrap_err()
+            .contains("TLS"));
+        assert!(check_url("http://example.org").is_err());
+        assert_eq!(
+            redact("redis://:s3cret@127.0.0.1:6390/2"),
+            "redis://:***@127.0.0.1:6390/2"
+        );
+        assert_eq!(redact("redis://me:s3cret@host"), "redis://me:***@host");
+        assert_eq!(redact("redis://host:1/0"), "redis://host:1/0");
+        let c = RedisConfig {
+            url: "redis://:s3cret@127.0.0.1:6390/2".into(),
+            ..RedisConfig::default()
+        };
+        assert!(!format!("{c:?}").contains("s3cret"));
     }
 
     #[test]

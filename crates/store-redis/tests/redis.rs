@@ -1,8 +1,8 @@
 //! RedisStore and FallbackStore against a real redis-server on loopback.
 
-use nobounce_test_support::{free_port, require, LogCapture, RedisInstance};
 use nobounce_core::store::{contract, BanRule, MemoryStore, StateStore};
 use nobounce_store_redis::{FallbackStore, RedisConfig, RedisStore};
+use nobounce_test_support::{free_port, require, LogCapture, RedisInstance};
 use std::{
     net::TcpListener,
     sync::atomic::{AtomicUsize, Ordering},
@@ -15,8 +15,8 @@ fn config(server: &RedisInstance, prefix: &str) -> RedisConfig {
     RedisConfig {
         url: server.url(),
         prefix: prefix.into(),
-        timeout_ms: 5000,
-        retry_ms: 0,
+        timeout: Duration::from_secs(5),
+        retry: Duration::ZERO,
     }
 }
 
@@ -228,7 +228,7 @@ async fn a_silent_server_makes_operations_time_out() {
     });
     let store = RedisStore::new(&RedisConfig {
         url: format!("redis://127.0.0.1:{port}"),
-        timeout_ms: 200,
+        timeout: Duration::from_millis(200),
         ..RedisConfig::default()
     })
     .unwrap();
@@ -284,7 +284,7 @@ async fn fallback_survives_a_redis_restart() {
     let logs = LogCapture::default();
     let _guard = logs.install();
     let cfg = RedisConfig {
-        timeout_ms: 2000,
+        timeout: Duration::from_secs(2),
         ..config(&server, "fb:")
     };
     let host_a = FallbackStore::redis(&cfg).unwrap();

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 fn config(server: &FakeServer) -> RcptProbeConfig {
     let mut config = RcptProbeConfig::new(server.endpoint.clone());
-    config.timeout = Duration::from_secs(20);
+    config.server.timeout = Duration::from_secs(20);
     config
 }
 
@@ -33,7 +33,7 @@ fn behaviour() -> LmtpBehaviour {
 #[tokio::test]
 async fn maps_answers_and_reuses_one_connection() {
     let server = fake_lmtp(behaviour()).await;
-    let probe = RcptProbe::new(config(&server)).expect("valid config");
+    let probe = RcptProbe::new(config(&server));
     use RecipientStatus::*;
     let over = OverQuota { room_left: None };
     for (address, size, want) in [
@@ -80,7 +80,7 @@ async fn size_is_sent_only_when_advertised_and_within_limit() {
     let mut b = behaviour();
     b.advertise_size = None;
     let server = fake_lmtp(b).await;
-    let probe = RcptProbe::new(config(&server)).expect("valid config");
+    let probe = RcptProbe::new(config(&server));
     // Without SIZE the server cannot judge the size: deliverable.
     let got = probe.lookup(&query("small@example.org", Some(5000))).await;
     assert_eq!(got.expect("answer"), RecipientStatus::Deliverable);
@@ -89,7 +89,7 @@ async fn size_is_sent_only_when_advertised_and_within_limit() {
     let mut b = behaviour();
     b.advertise_size = Some("SIZE 2000");
     let server = fake_lmtp(b).await;
-    let probe = RcptProbe::new(config(&server)).expect("valid config");
+    let probe = RcptProbe::new(config(&server));
     probe
         .lookup(&query("alice@example.org", Some(1500)))
         .await
@@ -110,8 +110,7 @@ async fn answers_are_cached_with_their_own_ttls_errors_never() {
     let clock = Arc::new(ManualClock::new(
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
     ));
-    let probe = RcptProbe::with_clock(config(&server), Arc::clone(&clock) as Arc<dyn Clock>)
-        .expect("valid");
+    let probe = RcptProbe::with_clock(config(&server), Arc::clone(&clock) as Arc<dyn Clock>);
     let rcpts = || server.commands("RCPT").len();
 
     probe
@@ -162,7 +161,7 @@ async fn answers_are_cached_with_their_own_ttls_errors_never() {
         "deliverable expired after 60 s, unknown did not"
     );
 
-    probe.clear_cache();
+    probe.backend.cache().clear();
     probe
         .lookup(&query("nobody@example.org", None))
         .await
@@ -186,8 +185,8 @@ async fn answers_are_cached_with_their_own_ttls_errors_never() {
 async fn timeout_is_an_error_and_the_connection_is_not_reused() {
     let server = fake_lmtp(behaviour()).await;
     let mut config = config(&server);
-    config.timeout = Duration::from_secs(2);
-    let probe = RcptProbe::new(config).expect("valid config");
+    config.server.timeout = Duration::from_secs(2);
+    let probe = RcptProbe::new(config);
     let err = probe
         .lookup(&query("slow@example.org", None))
         .await
@@ -206,7 +205,7 @@ async fn stale_pooled_connection_is_retried_on_a_fresh_one() {
     let mut b = behaviour();
     b.close_after_rset = true;
     let server = fake_lmtp(b).await;
-    let probe = RcptProbe::new(config(&server)).expect("valid config");
+    let probe = RcptProbe::new(config(&server));
     for address in [
         "alice@example.org",
         "nobody@example.org",
@@ -216,7 +215,7 @@ async fn stale_pooled_connection_is_retried_on_a_fresh_one() {
             .lookup(&query(address, Some(1)))
             .await
             .expect("answer despite stale pool");
-        probe.clear_cache();
+        probe.backend.cache().clear();
     }
     assert_eq!(server.connections(), 3);
 }
@@ -226,7 +225,7 @@ async fn bad_greeting_and_unreachable_server_are_errors() {
     let mut b = behaviour();
     b.greeting = "421 4.3.2 fake.test too busy";
     let server = fake_lmtp(b).await;
-    let probe = RcptProbe::new(config(&server)).expect("valid config");
+    let probe = RcptProbe::new(config(&server));
     let err = probe
         .lookup(&query("alice@example.org", None))
         .await
@@ -237,8 +236,7 @@ async fn bad_greeting_and_unreachable_server_are_errors() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     drop(listener);
-    let probe =
-        RcptProbe::new(RcptProbeConfig::new(Endpoint::Tcp(addr.to_string()))).expect("valid");
+    let probe = RcptProbe::new(RcptProbeConfig::new(Endpoint::tcp(addr)));
     probe
         .lookup(&query("alice@example.org", None))
         .await
@@ -251,7 +249,7 @@ async fn works_over_a_unix_socket_and_says_quit_when_dropped() {
     let mut config = config(&server);
     config.protocol = ProbeProtocol::Smtp;
     config.helo_name = "nobounce.test".into();
-    let probe = RcptProbe::new(config).expect("valid config");
+    let probe = RcptProbe::new(config);
     let got = probe
         .lookup(&query("alice@example.org", None))
         .await
@@ -267,10 +265,10 @@ async fn works_over_a_unix_socket_and_says_quit_when_dropped() {
 async fn concurrent_lookups_are_bounded_and_pool_overflow_quits() {
     let server = fake_lmtp(behaviour()).await;
     let mut config = config(&server);
-    config.max_connections = 3;
-    config.max_idle = 1;
-    config.cache.capacity = 0;
-    let probe = Arc::new(RcptProbe::new(config).expect("valid config"));
+    config.server.max_connections = 3;
+    config.server.max_idle = 1;
+    config.server.cache.capacity = 0;
+    let probe = Arc::new(RcptProbe::new(config));
     let mut tasks = Vec::new();
     for _ in 0..12 {
         let probe = Arc::clone(&probe);
@@ -291,27 +289,28 @@ async fn concurrent_lookups_are_bounded_and_pool_overflow_quits() {
         server.wait_for("QUIT", opened - 1).await,
         "overflow connections say QUIT"
     );
-    assert_eq!(probe.pool.len(), 1);
+    assert_eq!(probe.backend.pool.len(), 1);
 }
 
-#[test]
-fn config_defaults_and_validation() {
-    let config: RcptProbeConfig =
-        toml::from_str(r#"address = "unix:/run/dovecot/lmtp""#).expect("minimal config");
+/// Issue 13, defect 1: an answer from a probe sent without `SIZE=` (the
+/// client declared no size) was cached as good for any size, so a later
+/// large message to a nearly full mailbox was accepted, then bounced at
+/// delivery. It may only answer queries without a size now.
+#[tokio::test]
+async fn issue13_answer_without_size_is_not_reused_for_a_larger_message() {
+    let server = fake_lmtp(behaviour()).await;
+    let probe = RcptProbe::new(config(&server));
+    let got = probe.lookup(&query("small@example.org", None)).await;
+    assert_eq!(got.expect("answer"), RecipientStatus::Deliverable);
+    let got = probe.lookup(&query("small@example.org", Some(5000))).await;
     assert_eq!(
-        config,
-        RcptProbeConfig::new(Endpoint::Unix("/run/dovecot/lmtp".into()))
+        got.expect("answer"),
+        RecipientStatus::OverQuota { room_left: None },
+        "the size was asked about, not taken from the cache"
     );
-    assert_eq!(config.protocol, ProbeProtocol::Lmtp);
-    assert_eq!(config.timeout, Duration::from_secs(5));
-    assert_eq!(config.cache.unknown_ttl, Duration::from_secs(600));
-    let err = toml::from_str::<RcptProbeConfig>("address = \"127.0.0.1:24\"\ntimout = \"1s\"\n")
-        .expect_err("unknown field");
-    assert!(err.to_string().contains("timout"), "{err}");
-    let mut bad = config.clone();
-    bad.max_connections = 0;
-    assert!(RcptProbe::new(bad).is_err());
-    let mut bad = config;
-    bad.helo_name = "two words".into();
-    assert!(RcptProbe::new(bad).is_err());
+    assert_eq!(server.commands("RCPT").len(), 2);
+    assert_eq!(
+        server.commands("MAIL"),
+        ["MAIL FROM:<>", "MAIL FROM:<> SIZE=5000"]
+    );
 }

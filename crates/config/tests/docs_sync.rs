@@ -1,7 +1,7 @@
 //! Keeps docs/nobounce.toml and the nobounce.toml(5) man page in sync with
 //! the configuration model.
 
-use nobounce_milter::Config;
+use nobounce_config::Config;
 use std::path::PathBuf;
 
 fn docs(file: &str) -> String {

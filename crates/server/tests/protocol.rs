@@ -3,8 +3,9 @@
 //! loopback serving the SPF zones.
 
 use indymilter_test::{EomAction, MacroStage, Status, TestConnection};
+use nobounce_config::Config;
+use nobounce_server::Service;
 use nobounce_test_support::dns::{ServerMode, TestDnsServer, TestRecord};
-use nobounce_milter::{Config, Milter};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
@@ -12,7 +13,7 @@ const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
 
 struct Running {
     addr: SocketAddr,
-    milter: Milter,
+    milter: Service,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -58,13 +59,13 @@ async fn start(dns: &TestDnsServer, extra: &str) -> Running {
         dns.addr()
     );
     let config = Config::from_toml_str(&text).expect("valid test config");
-    let milter = Milter::new(config).expect("milter setup");
+    let milter = Service::new(config).expect("milter setup");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (tx, rx) = oneshot::channel();
     let m = milter.clone();
     let task = tokio::spawn(async move {
-        m.serve_tcp(listener, async {
+        m.serve_milter(listener, async {
             let _ = rx.await;
         })
         .await
@@ -231,6 +232,57 @@ async fn forged_authentication_results_with_our_id_are_deleted() {
     m.stop().await;
 }
 
+/// Issue 13, defect 3: forged Authentication-Results survived removal when
+/// the authserv-id was a quoted string, or followed nested or escaped
+/// comments; a header whose id cannot be read is treated as forged. And a
+/// message with more forged headers than nobounce removes is refused.
+#[tokio::test]
+async fn issue13_forged_authentication_results_in_every_form_are_deleted() {
+    let dns = dns().await;
+    let m = start(&dns, "").await;
+    let mut conn = open(m.addr, "mx.pass.test").await;
+    conn.mail(["<joe@pass.test>"]).await.unwrap();
+    conn.rcpt(["<you@local.test>"]).await.unwrap();
+    for value in [
+        " other.test; spf=pass",
+        " \"mx.nobounce.test\"; spf=pass",
+        " (outer (inner) comment) mx.nobounce.test; spf=pass",
+        " (escaped \\) paren) mx.nobounce.test; spf=pass",
+        " (never closed mx.nobounce.test; spf=pass",
+        " \"other.test\" ; spf=pass",
+    ] {
+        conn.header("Authentication-Results", value).await.unwrap();
+    }
+    conn.eoh().await.unwrap();
+    let (actions, _) = conn.eom().await.unwrap();
+    let deleted: Vec<i32> = actions
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            EomAction::DeleteHeader { name, index }
+                if name.as_c_str() == c"Authentication-Results" =>
+            {
+                Some(*index)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deleted, [5, 4, 3, 2], "{:?}", actions.actions);
+
+    conn.mail(["<joe@pass.test>"]).await.unwrap();
+    conn.rcpt(["<you@local.test>"]).await.unwrap();
+    for _ in 0..40 {
+        conn.header("Authentication-Results", " mx.nobounce.test; spf=pass")
+            .await
+            .unwrap();
+    }
+    conn.eoh().await.unwrap();
+    let (_, status) = conn.eom().await.unwrap();
+    assert!(reply_text(&status).starts_with("550 5.7.1 "), "{status:?}");
+    conn.close().await.unwrap();
+    m.stop().await;
+}
+
 #[tokio::test]
 async fn helo_fail_is_rejected() {
     let dns = dns().await;
@@ -328,7 +380,7 @@ async fn trusted_and_authenticated_clients_skip_spf() {
 async fn dry_run_refuses_nothing() {
     let dns = dns().await;
     let m = start(&dns, "").await;
-    let mut config = m.milter.config();
+    let mut config = (*m.milter.config()).clone();
     config.dry_run = true;
     m.milter.reload(config).await.expect("reload");
     let mut conn = open(m.addr, "client.example").await;
@@ -345,7 +397,7 @@ async fn reload_applies_to_new_connections_only() {
     let dns = dns().await;
     let m = start(&dns, "").await;
     let mut old = open(m.addr, "client.example").await;
-    let mut config = m.milter.config();
+    let mut config = (*m.milter.config()).clone();
     config.spf.on_fail = nobounce_core::SpfAction::Accept;
     m.milter.reload(config).await.expect("reload");
     // The open connection keeps the configuration it started with.
@@ -396,7 +448,10 @@ async fn map_file_recipients_are_judged_at_rcpt_and_reloaded() {
 
     // SIGHUP (reload) re-reads the map.
     std::fs::write(&map, "alice@local.test\nbob@local.test\n").unwrap();
-    m.milter.reload(m.milter.config()).await.expect("reload");
+    m.milter
+        .reload((*m.milter.config()).clone())
+        .await
+        .expect("reload");
     let mut conn = open(m.addr, "mx.pass.test").await;
     conn.mail(["<joe@pass.test>"]).await.unwrap();
     assert_eq!(

@@ -1,0 +1,1049 @@
+//! The builder: raw model → validated [`Config`]. Every default and every
+//! rule of the configuration file is here, and nowhere else; each error is
+//! reported at the line of the key it is about.
+
+use crate::{
+    locate::Source,
+    raw::{
+        RawBackend, RawCache, RawConfig, RawDictionary, RawDns, RawDuration, RawLog, RawMilter,
+        RawRecipients, RawRedis, RawSpf, RawStore,
+    },
+    Config, ConfigError, ConfigErrors, ControlSocket, DnsConfig, LogConfig, MilterConfig,
+    RecipientsSection, SourceRef, StoreBackend, StoreConfig,
+};
+use ipnet::IpNet;
+use nobounce_core::{
+    dictionary::{DictionaryConfig, MAX_BAN},
+    recipient::{QuotaReply, RecipientPolicy},
+    spf::{SpfAction, SpfConfig, SpfHeader},
+    store::MAX_DISTINCT_MEMBERS,
+    Endpoint, EngineConfig, MemoryStore,
+};
+use nobounce_recipients::{
+    check_routes, BackendConfig, CacheConfig, MaildirConfig, MapFileConfig, MissingMaildir,
+    ProbeProtocol, QuotaStatusConfig, RcptProbeConfig, RecipientsConfig, RouteConfig,
+    ServerSettings,
+};
+use nobounce_store_redis::{check_url, RedisConfig};
+use std::{
+    fmt::Display,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
+
+const SECOND: Duration = Duration::from_secs(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// The configuration of an empty file.
+pub(crate) fn build_defaults() -> Config {
+    let source = Source::new("defaults", "");
+    Builder::new(&source).config(RawConfig::default())
+}
+
+/// Reads `source` into a configuration, or every error in it.
+pub(crate) fn build(source: Source) -> Result<Config, ConfigErrors> {
+    let raw: RawConfig = toml::from_str(source.text()).map_err(|e| {
+        let position = e.span().map(|s| source.position_at(s.start));
+        let key = e
+            .span()
+            .and_then(|s| source.path_at(s.start))
+            .map(str::to_owned);
+        ConfigErrors(vec![ConfigError {
+            origin: source.origin.clone(),
+            position,
+            key,
+            message: e.message().trim_end().to_owned(),
+        }])
+    })?;
+    let mut builder = Builder::new(&source);
+    let mut config = builder.config(raw);
+    if builder.errors.is_empty() {
+        config.source = SourceRef(Some(Arc::new(source)));
+        Ok(config)
+    } else {
+        let mut errors = builder.errors;
+        errors.sort_by_key(|e| e.position.map(|p| (p.line, p.column)));
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Unit of an old integer key (`timeout_secs`, `timeout_ms`).
+#[derive(Clone, Copy)]
+enum Unit {
+    Secs,
+    Millis,
+}
+
+struct Builder<'a> {
+    source: &'a Source,
+    errors: Vec<ConfigError>,
+}
+
+impl<'a> Builder<'a> {
+    fn new(source: &'a Source) -> Self {
+        Self {
+            source,
+            errors: Vec::new(),
+        }
+    }
+
+    fn err(&mut self, key: &str, message: impl Display) {
+        self.errors.push(ConfigError {
+            origin: self.source.origin.clone(),
+            position: self.source.position_of(key),
+            key: Some(key.to_owned()),
+            message: message.to_string(),
+        });
+    }
+
+    /// A duration key, also readable from its old integer key
+    /// (`{key}_secs` or `{key}_ms`), within `min..=max`.
+    #[allow(clippy::too_many_arguments)]
+    fn duration(
+        &mut self,
+        table: &str,
+        name: &str,
+        new: Option<RawDuration>,
+        old: Option<i64>,
+        unit: Unit,
+        default: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Duration {
+        let key = join(table, name);
+        let old_key = match unit {
+            Unit::Secs => format!("{key}_secs"),
+            Unit::Millis => format!("{key}_ms"),
+        };
+        let (value, at) = match (new, old) {
+            (Some(_), Some(_)) => {
+                self.err(
+                    &old_key,
+                    format!("set either {name} or its older form, not both"),
+                );
+                return default;
+            }
+            (Some(RawDuration(d)), None) => (d, key),
+            (None, Some(n)) => match u64::try_from(n) {
+                Ok(n) => (
+                    match unit {
+                        Unit::Secs => Duration::from_secs(n),
+                        Unit::Millis => Duration::from_millis(n),
+                    },
+                    old_key,
+                ),
+                Err(_) => {
+                    self.err(&old_key, "must not be negative");
+                    return default;
+                }
+            },
+            (None, None) => return default,
+        };
+        if value < min || value > max {
+            self.err(
+                &at,
+                format!(
+                    "must be between {} and {}, not {}",
+                    show(min),
+                    show(max),
+                    show(value)
+                ),
+            );
+            return default;
+        }
+        value
+    }
+
+    /// An integer key within `min..=max`.
+    fn number<T>(&mut self, key: &str, value: Option<i64>, default: T, min: i64, max: i64) -> T
+    where
+        T: TryFrom<i64>,
+    {
+        let Some(n) = value else { return default };
+        if n < min || n > max {
+            self.err(key, format!("must be between {min} and {max}, not {n}"));
+            return default;
+        }
+        T::try_from(n).unwrap_or(default)
+    }
+
+    /// A key with a few allowed words.
+    fn choice<T: Copy>(
+        &mut self,
+        key: &str,
+        value: Option<String>,
+        options: &[(&str, T)],
+        default: T,
+    ) -> T {
+        let Some(word) = value else { return default };
+        match options.iter().find(|(w, _)| *w == word) {
+            Some((_, v)) => *v,
+            None => {
+                let allowed: Vec<String> = options.iter().map(|(w, _)| format!("{w:?}")).collect();
+                self.err(
+                    key,
+                    format!("{word:?} is not one of {}", allowed.join(", ")),
+                );
+                default
+            }
+        }
+    }
+
+    /// A list of values parsed with `FromStr`, each error at its element.
+    fn list<T: FromStr>(
+        &mut self,
+        key: &str,
+        value: Option<Vec<String>>,
+        default: Vec<T>,
+        what: &str,
+    ) -> Vec<T>
+    where
+        T::Err: Display,
+    {
+        let Some(items) = value else { return default };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match item.parse() {
+                Ok(v) => out.push(v),
+                Err(e) => self.err(
+                    &format!("{key}[{i}]"),
+                    format!("invalid {what} {item:?}: {e}"),
+                ),
+            }
+        }
+        out
+    }
+
+    /// A reply text: no control characters, not empty.
+    fn text(&mut self, key: &str, value: Option<String>, default: String) -> String {
+        let Some(text) = value else { return default };
+        if text.trim().is_empty() || text.chars().any(char::is_control) {
+            self.err(
+                key,
+                "must be a non-empty line without control characters (CR, LF, ...)",
+            );
+            return default;
+        }
+        text
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let engine = EngineConfig::default();
+        let command_timeout = self.duration(
+            "",
+            "command_timeout",
+            raw.command_timeout,
+            None,
+            Unit::Secs,
+            engine.command_timeout,
+            SECOND,
+            Duration::from_secs(600),
+        );
+        let socket = self.socket(raw.socket);
+        let spf = self.spf(raw.spf.unwrap_or_default(), command_timeout);
+        let recipients = self.recipients(raw.recipients.unwrap_or_default(), command_timeout);
+        let store = self.store(raw.store.unwrap_or_default(), command_timeout);
+        Config {
+            socket,
+            dry_run: raw.dry_run.unwrap_or(engine.dry_run),
+            command_timeout,
+            log: self.log(raw.log.unwrap_or_default()),
+            milter: self.milter(raw.milter.unwrap_or_default()),
+            dns: self.dns(raw.dns.unwrap_or_default(), command_timeout),
+            spf,
+            recipients,
+            dictionary: self.dictionary(raw.dictionary.unwrap_or_default()),
+            store,
+            source: SourceRef(None),
+        }
+    }
+
+    fn socket(&mut self, raw: Option<String>) -> Endpoint {
+        let default = Endpoint::tcp(SocketAddr::from(([127, 0, 0, 1], 8894)));
+        let Some(text) = raw else { return default };
+        match text.parse::<Endpoint>() {
+            Ok(e) => match e.listen_addr() {
+                Ok(_) => e,
+                Err(why) => {
+                    self.err("socket", why);
+                    default
+                }
+            },
+            Err(why) => {
+                self.err("socket", why);
+                default
+            }
+        }
+    }
+
+    fn log(&mut self, raw: RawLog) -> LogConfig {
+        let level = raw.level.unwrap_or_else(|| "info".into());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+            self.err("log.level", format!("invalid log filter {level:?}: {e}"));
+        }
+        LogConfig { level }
+    }
+
+    fn milter(&mut self, raw: RawMilter) -> MilterConfig {
+        let socket_mode = match raw.socket_mode {
+            None => 0o660,
+            Some(text) => match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+                Ok(mode) if mode <= 0o777 && mode & 0o007 == 0 => mode,
+                Ok(mode) if mode <= 0o777 => {
+                    self.err(
+                        "milter.socket_mode",
+                        format!(
+                            "{text:?} lets every local user talk to the milter (and forge client addresses): give no rights to others, e.g. \"0660\""
+                        ),
+                    );
+                    0o660
+                }
+                _ => {
+                    self.err(
+                        "milter.socket_mode",
+                        format!("{text:?} is not an octal mode such as \"0660\""),
+                    );
+                    0o660
+                }
+            },
+        };
+        let name = |b: &mut Self, key: &str, v: Option<String>| {
+            v.filter(|n| {
+                let ok = !n.is_empty()
+                    && n.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'));
+                if !ok {
+                    b.err(key, format!("{n:?} is not a user or group name"));
+                }
+                ok
+            })
+        };
+        MilterConfig {
+            max_connections: self.number(
+                "milter.max_connections",
+                raw.max_connections,
+                1000,
+                1,
+                100_000,
+            ),
+            connection_timeout: self.duration(
+                "milter",
+                "connection_timeout",
+                raw.connection_timeout,
+                raw.connection_timeout_secs,
+                Unit::Secs,
+                Duration::from_secs(7210),
+                SECOND,
+                DAY,
+            ),
+            socket_mode,
+            socket_owner: name(self, "milter.socket_owner", raw.socket_owner),
+            socket_group: name(self, "milter.socket_group", raw.socket_group),
+        }
+    }
+
+    fn dns(&mut self, raw: RawDns, command_timeout: Duration) -> DnsConfig {
+        let mut nameservers = Vec::new();
+        for (i, text) in raw.nameservers.unwrap_or_default().iter().enumerate() {
+            match text
+                .parse::<SocketAddr>()
+                .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+            {
+                Ok(a) => nameservers.push(a),
+                Err(_) => self.err(
+                    &format!("dns.nameservers[{i}]"),
+                    format!("invalid nameserver {text:?}: expected \"IP\" or \"IP:PORT\""),
+                ),
+            }
+        }
+        DnsConfig {
+            nameservers,
+            timeout: self.duration(
+                "dns",
+                "timeout",
+                raw.timeout,
+                raw.timeout_secs,
+                Unit::Secs,
+                Duration::from_secs(5),
+                Duration::from_millis(100),
+                command_timeout,
+            ),
+            attempts: self.number("dns.attempts", raw.attempts, 2, 1, 10),
+            cache_size: self.number("dns.cache_size", raw.cache_size, 4096, 0, 10_000_000),
+        }
+    }
+
+    fn spf(&mut self, raw: RawSpf, command_timeout: Duration) -> SpfConfig {
+        let d = SpfConfig::default();
+        let actions: &[(&str, SpfAction)] = &[
+            ("accept", SpfAction::Accept),
+            ("reject", SpfAction::Reject),
+            ("tempfail", SpfAction::Tempfail),
+        ];
+        let on_temperror = self.choice(
+            "spf.on_temperror",
+            raw.on_temperror,
+            actions,
+            d.on_temperror,
+        );
+        if on_temperror == SpfAction::Reject {
+            self.err(
+                "spf.on_temperror",
+                "\"reject\" would turn every DNS outage into permanent refusals: use \"tempfail\" (or \"accept\")",
+            );
+        }
+        let mut headers = Vec::new();
+        if let Some(list) = raw.headers {
+            for (i, h) in list.iter().enumerate() {
+                let key = format!("spf.headers[{i}]");
+                let header = match h.as_str() {
+                    "Received-SPF" => SpfHeader::ReceivedSpf,
+                    "Authentication-Results" => SpfHeader::AuthenticationResults,
+                    _ => {
+                        self.err(
+                            &key,
+                            format!("{h:?} is not \"Received-SPF\" or \"Authentication-Results\""),
+                        );
+                        continue;
+                    }
+                };
+                if headers.contains(&header) {
+                    self.err(&key, format!("{h:?} listed twice"));
+                }
+                headers.push(header);
+            }
+        } else {
+            headers = d.headers.clone();
+        }
+        let authserv_id = raw.authserv_id.filter(|id| {
+            let ok = !id.is_empty()
+                && !id
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == ';');
+            if !ok {
+                self.err(
+                    "spf.authserv_id",
+                    format!("{id:?} must be a non-empty token without spaces or ';'"),
+                );
+            }
+            ok
+        });
+        let skip_senders: Vec<String> = raw.skip_senders.unwrap_or_default();
+        for (i, s) in skip_senders.iter().enumerate() {
+            let domain = s.strip_prefix('.').unwrap_or(s);
+            if domain.is_empty()
+                || domain
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '@')
+            {
+                self.err(
+                    &format!("spf.skip_senders[{i}]"),
+                    format!("{s:?} is not a domain (or .domain)"),
+                );
+            }
+        }
+        SpfConfig {
+            enabled: raw.enabled.unwrap_or(d.enabled),
+            verify_helo: raw.verify_helo.unwrap_or(d.verify_helo),
+            trusted_networks: self.list::<IpNet>(
+                "spf.trusted_networks",
+                raw.trusted_networks,
+                d.trusted_networks,
+                "network",
+            ),
+            skip_authenticated: raw.skip_authenticated.unwrap_or(d.skip_authenticated),
+            skip_senders,
+            on_fail: self.choice("spf.on_fail", raw.on_fail, actions, d.on_fail),
+            on_softfail: self.choice("spf.on_softfail", raw.on_softfail, actions, d.on_softfail),
+            on_neutral: self.choice("spf.on_neutral", raw.on_neutral, actions, d.on_neutral),
+            on_none: self.choice("spf.on_none", raw.on_none, actions, d.on_none),
+            on_permerror: self.choice(
+                "spf.on_permerror",
+                raw.on_permerror,
+                actions,
+                d.on_permerror,
+            ),
+            on_temperror,
+            headers,
+            authserv_id,
+            timeout: self.duration(
+                "spf",
+                "timeout",
+                raw.timeout,
+                raw.timeout_secs,
+                Unit::Secs,
+                d.timeout.min(command_timeout),
+                SECOND,
+                command_timeout,
+            ),
+            cache_size: self.number(
+                "spf.cache_size",
+                raw.cache_size,
+                d.cache_size,
+                0,
+                10_000_000,
+            ),
+            cache_max_ttl: self.duration(
+                "spf",
+                "cache_max_ttl",
+                raw.cache_max_ttl,
+                raw.cache_max_ttl_secs,
+                Unit::Secs,
+                d.cache_max_ttl,
+                Duration::ZERO,
+                DAY,
+            ),
+        }
+    }
+
+    fn recipients(&mut self, raw: RawRecipients, command_timeout: Duration) -> RecipientsSection {
+        let d = RecipientPolicy::default();
+        let policy = RecipientPolicy {
+            over_quota: self.choice(
+                "recipients.over_quota",
+                raw.over_quota,
+                &[
+                    ("452", QuotaReply::Temporary),
+                    ("552", QuotaReply::Permanent),
+                ],
+                d.over_quota,
+            ),
+            unknown_text: self.text("recipients.unknown_text", raw.unknown_text, d.unknown_text),
+            over_quota_text: self.text(
+                "recipients.over_quota_text",
+                raw.over_quota_text,
+                d.over_quota_text,
+            ),
+            disabled_text: self.text(
+                "recipients.disabled_text",
+                raw.disabled_text,
+                d.disabled_text,
+            ),
+        };
+        let mut backends = std::collections::BTreeMap::new();
+        for (name, backend) in raw.backends.unwrap_or_default() {
+            let table = format!("recipients.backends.{name}");
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+            {
+                self.err(
+                    &table,
+                    format!("backend name {name:?}: use letters, digits, '_' and '-'"),
+                );
+                continue;
+            }
+            if let Some(b) = self.backend(&table, backend, command_timeout) {
+                backends.insert(name, b);
+            }
+        }
+        let routes = raw
+            .routes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| RouteConfig {
+                domains: r.domains.unwrap_or_default(),
+                chain: r.chain.unwrap_or_default(),
+            })
+            .collect();
+        let directory = RecipientsConfig {
+            backends,
+            routes,
+            default_chain: raw.default_chain.unwrap_or_default(),
+        };
+        if let Err(e) = check_routes(&directory) {
+            self.err(&e.key, e.problem);
+        }
+        RecipientsSection { policy, directory }
+    }
+
+    /// Refuses the keys of `backend` that its type does not have.
+    fn only_keys(&mut self, table: &str, kind: &str, backend: &RawBackend, allowed: &[&str]) {
+        let set: [(&str, bool); 14] = [
+            ("path", backend.path.is_some()),
+            ("watch_interval", backend.watch_interval.is_some()),
+            (
+                "case_sensitive_local_part",
+                backend.case_sensitive_local_part.is_some(),
+            ),
+            ("recipient_delimiter", backend.recipient_delimiter.is_some()),
+            ("address", backend.address.is_some()),
+            ("protocol", backend.protocol.is_some()),
+            ("helo_name", backend.helo_name.is_some()),
+            ("timeout", backend.timeout.is_some()),
+            ("max_connections", backend.max_connections.is_some()),
+            ("max_idle", backend.max_idle.is_some()),
+            ("idle_timeout", backend.idle_timeout.is_some()),
+            ("cache", backend.cache.is_some()),
+            ("path_template", backend.path_template.is_some()),
+            ("missing", backend.missing.is_some()),
+        ];
+        for (key, present) in set {
+            if present && !allowed.contains(&key) {
+                self.err(
+                    &format!("{table}.{key}"),
+                    format!(
+                        "a {kind} backend has no {key} (it has: {})",
+                        allowed.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    fn required(&mut self, table: &str, key: &str, value: Option<String>) -> Option<String> {
+        if value.is_none() {
+            self.err(table, format!("{key} is required"));
+        }
+        value
+    }
+
+    fn backend(
+        &mut self,
+        table: &str,
+        raw: RawBackend,
+        command_timeout: Duration,
+    ) -> Option<BackendConfig> {
+        let kind = raw.r#type.clone().unwrap_or_default();
+        match kind.as_str() {
+            "map_file" => {
+                self.only_keys(
+                    table,
+                    &kind,
+                    &raw,
+                    &[
+                        "path",
+                        "watch_interval",
+                        "case_sensitive_local_part",
+                        "recipient_delimiter",
+                    ],
+                );
+                let path = self.required(table, "path", raw.path)?;
+                let mut c = MapFileConfig::new(PathBuf::from(path));
+                c.watch_interval = self.duration(
+                    table,
+                    "watch_interval",
+                    raw.watch_interval,
+                    None,
+                    Unit::Secs,
+                    c.watch_interval,
+                    Duration::ZERO,
+                    DAY,
+                );
+                c.case_sensitive_local_part = raw.case_sensitive_local_part.unwrap_or(false);
+                c.recipient_delimiter = self.delimiter(table, raw.recipient_delimiter);
+                Some(BackendConfig::MapFile(c))
+            }
+            "rcpt_probe" => {
+                self.only_keys(
+                    table,
+                    &kind,
+                    &raw,
+                    &[
+                        "address",
+                        "protocol",
+                        "helo_name",
+                        "timeout",
+                        "max_connections",
+                        "max_idle",
+                        "idle_timeout",
+                        "cache",
+                    ],
+                );
+                let protocol = self.choice(
+                    &format!("{table}.protocol"),
+                    raw.protocol.clone(),
+                    &[("lmtp", ProbeProtocol::Lmtp), ("smtp", ProbeProtocol::Smtp)],
+                    ProbeProtocol::Lmtp,
+                );
+                let helo_name = raw.helo_name.clone().filter(|h| {
+                    let ok =
+                        !h.is_empty() && !h.chars().any(|c| c.is_whitespace() || c.is_control());
+                    if !ok {
+                        self.err(
+                            &format!("{table}.helo_name"),
+                            format!("invalid helo_name {h:?}"),
+                        );
+                    }
+                    ok
+                });
+                let server = self.server(table, raw, command_timeout)?;
+                let mut c = RcptProbeConfig::new(server.address.clone());
+                c.server = server;
+                c.protocol = protocol;
+                if let Some(h) = helo_name {
+                    c.helo_name = h;
+                }
+                Some(BackendConfig::RcptProbe(c))
+            }
+            "quota_status" => {
+                self.only_keys(
+                    table,
+                    &kind,
+                    &raw,
+                    &[
+                        "address",
+                        "timeout",
+                        "max_connections",
+                        "max_idle",
+                        "idle_timeout",
+                        "cache",
+                    ],
+                );
+                let server = self.server(table, raw, command_timeout)?;
+                Some(BackendConfig::QuotaStatus(QuotaStatusConfig { server }))
+            }
+            "maildir" => {
+                self.only_keys(
+                    table,
+                    &kind,
+                    &raw,
+                    &[
+                        "path_template",
+                        "missing",
+                        "case_sensitive_local_part",
+                        "recipient_delimiter",
+                        "timeout",
+                    ],
+                );
+                let text = self.required(table, "path_template", raw.path_template)?;
+                let template = match text.parse() {
+                    Ok(t) => t,
+                    Err(why) => {
+                        self.err(&format!("{table}.path_template"), why);
+                        return None;
+                    }
+                };
+                let mut c = MaildirConfig::new(template);
+                c.missing = self.choice(
+                    &format!("{table}.missing"),
+                    raw.missing,
+                    &[
+                        ("not_handled", MissingMaildir::NotHandled),
+                        ("unknown", MissingMaildir::Unknown),
+                    ],
+                    c.missing,
+                );
+                c.case_sensitive_local_part = raw.case_sensitive_local_part.unwrap_or(false);
+                c.recipient_delimiter = self.delimiter(table, raw.recipient_delimiter);
+                c.timeout = self.duration(
+                    table,
+                    "timeout",
+                    raw.timeout,
+                    None,
+                    Unit::Secs,
+                    c.timeout.min(command_timeout),
+                    Duration::from_millis(1),
+                    command_timeout,
+                );
+                Some(BackendConfig::Maildir(c))
+            }
+            "" => {
+                self.err(table, "type is required: \"map_file\", \"rcpt_probe\", \"quota_status\" or \"maildir\"");
+                None
+            }
+            other => {
+                self.err(
+                    &format!("{table}.type"),
+                    format!("{other:?} is not \"map_file\", \"rcpt_probe\", \"quota_status\" or \"maildir\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn delimiter(&mut self, table: &str, value: Option<String>) -> String {
+        let d = value.unwrap_or_default();
+        if d.chars()
+            .any(|c| c.is_alphanumeric() || c.is_whitespace() || c.is_control() || c == '@')
+        {
+            self.err(
+                &format!("{table}.recipient_delimiter"),
+                format!("{d:?}: use punctuation such as \"+\" or \"-\""),
+            );
+            return String::new();
+        }
+        d
+    }
+
+    fn server(
+        &mut self,
+        table: &str,
+        raw: RawBackend,
+        command_timeout: Duration,
+    ) -> Option<ServerSettings> {
+        let text = self.required(table, "address", raw.address)?;
+        let address: Endpoint = match text.parse() {
+            Ok(a) => a,
+            Err(why) => {
+                self.err(&format!("{table}.address"), why);
+                return None;
+            }
+        };
+        let mut s = ServerSettings::new(address);
+        s.timeout = self.duration(
+            table,
+            "timeout",
+            raw.timeout,
+            None,
+            Unit::Secs,
+            s.timeout.min(command_timeout),
+            Duration::from_millis(1),
+            command_timeout,
+        );
+        s.max_connections = self.number(
+            &format!("{table}.max_connections"),
+            raw.max_connections,
+            s.max_connections,
+            1,
+            1000,
+        );
+        s.max_idle = self.number(
+            &format!("{table}.max_idle"),
+            raw.max_idle,
+            s.max_idle,
+            0,
+            1000,
+        );
+        s.idle_timeout = self.duration(
+            table,
+            "idle_timeout",
+            raw.idle_timeout,
+            None,
+            Unit::Secs,
+            s.idle_timeout,
+            Duration::ZERO,
+            HOUR,
+        );
+        s.cache = self.cache(&format!("{table}.cache"), raw.cache.unwrap_or_default());
+        Some(s)
+    }
+
+    fn cache(&mut self, table: &str, raw: RawCache) -> CacheConfig {
+        let d = CacheConfig::default();
+        CacheConfig {
+            capacity: self.number(
+                &format!("{table}.capacity"),
+                raw.capacity,
+                d.capacity,
+                0,
+                10_000_000,
+            ),
+            deliverable_ttl: self.duration(
+                table,
+                "deliverable_ttl",
+                raw.deliverable_ttl,
+                None,
+                Unit::Secs,
+                d.deliverable_ttl,
+                Duration::ZERO,
+                DAY,
+            ),
+            unknown_ttl: self.duration(
+                table,
+                "unknown_ttl",
+                raw.unknown_ttl,
+                None,
+                Unit::Secs,
+                d.unknown_ttl,
+                Duration::ZERO,
+                DAY,
+            ),
+            over_quota_ttl: self.duration(
+                table,
+                "over_quota_ttl",
+                raw.over_quota_ttl,
+                None,
+                Unit::Secs,
+                d.over_quota_ttl,
+                Duration::ZERO,
+                DAY,
+            ),
+        }
+    }
+
+    fn dictionary(&mut self, raw: RawDictionary) -> DictionaryConfig {
+        let d = DictionaryConfig::default();
+        let t = "dictionary";
+        let max_members = i64::try_from(MAX_DISTINCT_MEMBERS).unwrap_or(i64::MAX);
+        let ban = self.duration(
+            t,
+            "ban",
+            raw.ban,
+            raw.ban_secs,
+            Unit::Secs,
+            d.ban,
+            SECOND,
+            MAX_BAN,
+        );
+        let max_ban = self.duration(
+            t,
+            "max_ban",
+            raw.max_ban,
+            raw.max_ban_secs,
+            Unit::Secs,
+            d.max_ban.max(ban),
+            SECOND,
+            MAX_BAN,
+        );
+        if max_ban < ban {
+            let key = if raw.max_ban_secs.is_some() {
+                "dictionary.max_ban_secs"
+            } else {
+                "dictionary.max_ban"
+            };
+            self.err(key, format!("must not be shorter than ban ({})", show(ban)));
+        }
+        DictionaryConfig {
+            enabled: raw.enabled.unwrap_or(d.enabled),
+            threshold: self.number(
+                "dictionary.threshold",
+                raw.threshold,
+                d.threshold,
+                1,
+                max_members,
+            ),
+            // Bounded: Redis keeps the window as a millisecond expiry.
+            window: self.duration(
+                t,
+                "window",
+                raw.window,
+                raw.window_secs,
+                Unit::Secs,
+                d.window,
+                SECOND,
+                MAX_BAN,
+            ),
+            ban,
+            ipv6_prefix: self.number(
+                "dictionary.ipv6_prefix",
+                raw.ipv6_prefix,
+                d.ipv6_prefix,
+                0,
+                128,
+            ),
+            escalate: raw.escalate.unwrap_or(d.escalate),
+            max_ban,
+            strike_memory: self.duration(
+                t,
+                "strike_memory",
+                raw.strike_memory,
+                raw.strike_memory_secs,
+                Unit::Secs,
+                d.strike_memory,
+                Duration::ZERO,
+                30 * DAY,
+            ),
+            allow_list: self.list::<IpNet>(
+                "dictionary.allow_list",
+                raw.allow_list,
+                d.allow_list,
+                "network",
+            ),
+        }
+    }
+
+    fn store(&mut self, raw: RawStore, command_timeout: Duration) -> StoreConfig {
+        let backend = self.choice(
+            "store.backend",
+            raw.backend,
+            &[
+                ("memory", StoreBackend::Memory),
+                ("redis", StoreBackend::Redis),
+            ],
+            StoreBackend::Memory,
+        );
+        let control_socket = match raw.control_socket.as_deref() {
+            None | Some("auto") => ControlSocket::Auto,
+            Some("") => ControlSocket::Off,
+            Some(text) => {
+                let path = text.strip_prefix("unix:").unwrap_or(text);
+                if path.starts_with('/') && !path.contains('\0') {
+                    ControlSocket::Path(PathBuf::from(path))
+                } else {
+                    self.err(
+                        "store.control_socket",
+                        format!("{text:?}: give an absolute path, \"auto\" or \"\""),
+                    );
+                    ControlSocket::Auto
+                }
+            }
+        };
+        let max_keys = i64::try_from(MemoryStore::DEFAULT_MAX_KEYS).unwrap_or(i64::MAX);
+        StoreConfig {
+            backend,
+            max_keys: self.number(
+                "store.max_keys",
+                raw.max_keys,
+                MemoryStore::DEFAULT_MAX_KEYS,
+                1,
+                max_keys.max(10_000_000),
+            ),
+            control_socket,
+            redis: self.redis(raw.redis.unwrap_or_default(), backend, command_timeout),
+        }
+    }
+
+    fn redis(
+        &mut self,
+        raw: RawRedis,
+        backend: StoreBackend,
+        command_timeout: Duration,
+    ) -> RedisConfig {
+        let d = RedisConfig::default();
+        let url = raw.url.unwrap_or(d.url);
+        if backend == StoreBackend::Redis {
+            if let Err(why) = check_url(&url) {
+                self.err("store.redis.url", why);
+            }
+        }
+        let prefix = raw.prefix.unwrap_or(d.prefix);
+        if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            self.err(
+                "store.redis.prefix",
+                format!("{prefix:?} must not hold spaces or control characters"),
+            );
+        }
+        RedisConfig {
+            url,
+            prefix,
+            timeout: self.duration(
+                "store.redis",
+                "timeout",
+                raw.timeout,
+                raw.timeout_ms,
+                Unit::Millis,
+                d.timeout.min(command_timeout),
+                Duration::from_millis(1),
+                command_timeout,
+            ),
+            retry: self.duration(
+                "store.redis",
+                "retry",
+                raw.retry,
+                raw.retry_ms,
+                Unit::Millis,
+                d.retry,
+                Duration::ZERO,
+                HOUR,
+            ),
+        }
+    }
+}
+
+fn join(table: &str, key: &str) -> String {
+    if table.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{table}.{key}")
+    }
+}
+
+fn show(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}

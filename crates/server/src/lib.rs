@@ -1,0 +1,158 @@
+//! # nobounce-server
+//!
+//! The nobounce daemon as a library: what `nobounce run` does, for the
+//! binary, for embedders, and for tests that run the whole milter
+//! in-process.
+//!
+//! # Layout
+//!
+//! - [`Generation`]: one configuration and everything built from it
+//!   (engine, DNS resolver, SPF cache, recipient backends).
+//! - [`Service`]: the current generation, replaced atomically on reload;
+//!   the state store, which lives as long as the process. [`check`] builds
+//!   everything a configuration describes without binding a socket.
+//! - [`control`]: ban administration and the local control socket.
+//! - [`listen`]: binding the milter's TCP or unix socket (mode, owner,
+//!   group).
+//! - [`logging`]: the daemon's log, with a level a reload can change.
+//! - [`run`]: all of it together until shutdown.
+
+pub mod control;
+mod generation;
+pub mod listen;
+pub mod logging;
+mod service;
+
+pub use crate::{
+    generation::Generation,
+    listen::MilterListener,
+    service::{build_store, check, Service},
+};
+
+use nobounce_config::{Config, ConfigErrors};
+use nobounce_milter::{MilterOptions, NoDelay};
+use std::{future::Future, io, sync::Arc};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// Why the service could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration describes something that cannot be built.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// A socket could not be bound or served.
+    #[error("{what}: {source}")]
+    Io {
+        /// What failed.
+        what: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Runs nobounce on `listener` with `config` until `shutdown` completes,
+/// then lets open connections finish.
+///
+/// Each configuration received on `reload` becomes the new generation, whole
+/// or not at all (a failed build is logged and changes nothing). The control
+/// socket of the configuration is served too, and removed at the end, as is
+/// a unix milter socket.
+pub async fn run(
+    listener: MilterListener,
+    config: Config,
+    mut reload: mpsc::Receiver<Config>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let options = MilterOptions {
+        max_connections: config.milter.max_connections,
+        connection_timeout: config.milter.connection_timeout,
+    };
+    let socket = config.socket.clone();
+    let control_path = config.store.control_socket.path();
+    let service = Service::new(config)?;
+    let purger = service.spawn_purger();
+
+    let control = match &control_path {
+        Some(path) => {
+            let socket =
+                control::ControlSocket::bind(path)
+                    .await
+                    .map_err(|source| RunError::Io {
+                        what: format!("cannot listen on the control socket {}", path.display()),
+                        source,
+                    })?;
+            info!(event = "control_listening", path = %path.display(), "control socket listening");
+            let store = service.store();
+            Some(tokio::spawn(async move { socket.serve(store).await }))
+        }
+        None => {
+            info!(
+                event = "control_disabled",
+                "no control socket (store.control_socket)"
+            );
+            None
+        }
+    };
+
+    let reloader = service.clone();
+    let reloads = tokio::spawn(async move {
+        while let Some(config) = reload.recv().await {
+            let log = config.log.clone();
+            match reloader.reload(config).await {
+                Ok(()) => logging::apply(&log),
+                Err(e) => warn!(
+                    event = "reload_failed",
+                    "reload failed, keeping the running configuration: {}",
+                    e.one_line()
+                ),
+            }
+        }
+    });
+
+    info!(
+        event = "listening",
+        socket = %socket,
+        version = env!("CARGO_PKG_VERSION"),
+        "nobounce listening"
+    );
+    let engines: Arc<dyn nobounce_core::EngineSource> = Arc::new(service.clone());
+    let served = match listener {
+        MilterListener::Tcp(l) => {
+            nobounce_milter::serve(NoDelay(l), engines, options, shutdown).await
+        }
+        MilterListener::Unix(l, path) => {
+            let result = nobounce_milter::serve(l, engines, options, shutdown).await;
+            let _ = std::fs::remove_file(path);
+            result
+        }
+    };
+    reloads.abort();
+    purger.abort();
+    if let Some(task) = control {
+        task.abort();
+        // Dropping the task's socket removes the path it was bound at.
+        let _ = task.await;
+    }
+    info!(event = "stopped", "nobounce stopped");
+    served.map_err(|source| RunError::Io {
+        what: format!("serving {socket}"),
+        source,
+    })
+}
+
+/// [`run`] on a bound TCP listener, without reloads and without a control
+/// socket unless the configuration names one: for tests and embedders.
+pub async fn run_tcp(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let mut config = config;
+    if config.store.control_socket == nobounce_config::ControlSocket::Auto {
+        config.store.control_socket = nobounce_config::ControlSocket::Off;
+    }
+    let (_no_reloads, reload) = mpsc::channel(1);
+    run(MilterListener::Tcp(listener), config, reload, shutdown).await
+}
