@@ -246,3 +246,72 @@ async fn ban_commands_reach_the_running_milter() {
     assert!(child.wait().expect("exits").success());
     assert!(!control.exists(), "control socket removed at exit");
 }
+
+/// Issue 14: `config check` builds what `run` would: a missing map file
+/// and a route to an undefined backend are errors at their lines, with the
+/// same messages `run` gives, and the exit code says so.
+#[test]
+fn issue14_config_check_builds_backends_and_routes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("nobounce.toml");
+    let missing = dir.path().join("no-such-map");
+    std::fs::write(
+        &file,
+        format!(
+            "[spf]\nenabled = true\n\n[recipients.backends.users]\ntype = \"map_file\"\npath = \"{}\"\n",
+            missing.display()
+        ),
+    )
+    .expect("write");
+    let out = bin()
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nobounce.toml:6:1: recipients.backends.users.path: "),
+        "{err}"
+    );
+    assert!(err.contains("no-such-map"), "{err}");
+    // `run` fails the same way.
+    let run = bin()
+        .args([
+            "run",
+            "--socket",
+            &format!("inet:127.0.0.1:{}", free_port()),
+            "--config",
+        ])
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert!(!run.status.success());
+    assert!(
+        String::from_utf8_lossy(&run.stderr)
+            .contains("nobounce.toml:6:1: recipients.backends.users.path: "),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    std::fs::write(&missing, "alice@example.org\n").expect("write map");
+    std::fs::write(
+        &file,
+        format!(
+            "[recipients.backends.users]\ntype = \"map_file\"\npath = \"{}\"\n\n[[recipients.routes]]\ndomains = [\"example.org\"]\nchain = [\"users\", \"quota\"]\n",
+            missing.display()
+        ),
+    )
+    .expect("write");
+    let out = bin()
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nobounce.toml:7:1: recipients.routes[0].chain: no backend named \"quota\""),
+        "{err}"
+    );
+}
