@@ -731,16 +731,7 @@ impl<'a> Builder<'a> {
                 );
                 c.case_sensitive_local_part = raw.case_sensitive_local_part.unwrap_or(false);
                 c.recipient_delimiter = self.delimiter(table, raw.recipient_delimiter);
-                c.timeout = self.duration(
-                    table,
-                    "timeout",
-                    raw.timeout,
-                    None,
-                    Unit::Secs,
-                    c.timeout.min(command_timeout),
-                    Duration::from_millis(1),
-                    command_timeout,
-                );
+                c.timeout = self.backend_timeout(table, raw.timeout, c.timeout, command_timeout);
                 Some(BackendConfig::Maildir(c))
             }
             "" => {
@@ -755,6 +746,26 @@ impl<'a> Builder<'a> {
                 None
             }
         }
+    }
+
+    /// A backend's `timeout`: at most the command's deadline.
+    fn backend_timeout(
+        &mut self,
+        table: &str,
+        raw: Option<RawDuration>,
+        default: Duration,
+        command_timeout: Duration,
+    ) -> Duration {
+        self.duration(
+            table,
+            "timeout",
+            raw,
+            None,
+            Unit::Secs,
+            default.min(command_timeout),
+            Duration::from_millis(1),
+            command_timeout,
+        )
     }
 
     fn delimiter(&mut self, table: &str, value: Option<String>) -> String {
@@ -786,16 +797,7 @@ impl<'a> Builder<'a> {
             }
         };
         let mut s = ServerSettings::new(address);
-        s.timeout = self.duration(
-            table,
-            "timeout",
-            raw.timeout,
-            None,
-            Unit::Secs,
-            s.timeout.min(command_timeout),
-            Duration::from_millis(1),
-            command_timeout,
-        );
+        s.timeout = self.backend_timeout(table, raw.timeout, s.timeout, command_timeout);
         s.max_connections = self.number(
             &format!("{table}.max_connections"),
             raw.max_connections,

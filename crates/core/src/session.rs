@@ -316,21 +316,8 @@ impl Session {
                 let text = sender.to_string();
                 match Sender::new(&text) {
                     Ok(s) => {
-                        let answer = self
-                            .engine
-                            .inner
-                            .spf
-                            .verify(&SpfRequest {
-                                ip,
-                                sender: s,
-                                helo: helo_domain,
-                            })
-                            .await;
-                        SpfOutcome {
-                            identity: Identity::MailFrom,
-                            sender: text,
-                            answer,
-                        }
+                        self.verify(Identity::MailFrom, text, ip, s, helo_domain)
+                            .await
                     }
                     // RFC 7208 §4.3: a malformed domain gives "none".
                     Err(_) => none_outcome(&text, "sender domain is not a valid domain"),
@@ -377,23 +364,34 @@ impl Session {
                 return o.clone();
             }
         }
-        let answer = self
-            .engine
-            .inner
-            .spf
-            .verify(&SpfRequest {
+        let outcome = self
+            .verify(
+                Identity::Helo,
+                format!("postmaster@{helo}"),
                 ip,
-                sender: helo_sender.clone(),
-                helo: helo_domain,
-            })
+                helo_sender.clone(),
+                helo_domain,
+            )
             .await;
-        let outcome = SpfOutcome {
-            identity: Identity::Helo,
-            sender: format!("postmaster@{helo}"),
-            answer,
-        };
         self.conn.helo_outcome = Some((helo, outcome.clone()));
         outcome
+    }
+
+    /// One SPF evaluation through the engine's verifier.
+    async fn verify(
+        &self,
+        identity: Identity,
+        text: String,
+        ip: IpAddr,
+        sender: Sender,
+        helo: Option<DomainName>,
+    ) -> SpfOutcome {
+        let request = SpfRequest { ip, sender, helo };
+        SpfOutcome {
+            identity,
+            sender: text,
+            answer: self.engine.inner.spf.verify(&request).await,
+        }
     }
 
     fn log_spf(&self, outcome: &SpfOutcome) {

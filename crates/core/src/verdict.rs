@@ -82,24 +82,24 @@ impl Verdict {
         }
     }
 
-    /// The reply, for the refusing verdicts.
-    pub fn reply(&self) -> Option<&Reply> {
+    /// The reply and the reason, for the refusing verdicts.
+    pub fn refusal(&self) -> Option<(&Reply, &Reason)> {
         match self {
-            Self::Tempfail { reply, .. }
-            | Self::Reject { reply, .. }
-            | Self::Disconnect { reply, .. } => Some(reply),
+            Self::Tempfail { reply, reason }
+            | Self::Reject { reply, reason }
+            | Self::Disconnect { reply, reason } => Some((reply, reason)),
             Self::Continue => None,
         }
     }
 
+    /// The reply, for the refusing verdicts.
+    pub fn reply(&self) -> Option<&Reply> {
+        self.refusal().map(|(reply, _)| reply)
+    }
+
     /// The reason, for the refusing verdicts.
     pub fn reason(&self) -> Option<&Reason> {
-        match self {
-            Self::Tempfail { reason, .. }
-            | Self::Reject { reason, .. }
-            | Self::Disconnect { reason, .. } => Some(reason),
-            Self::Continue => None,
-        }
+        self.refusal().map(|(_, reason)| reason)
     }
 
     /// `true` unless the verdict is continue.

@@ -7,8 +7,8 @@
 //!   size of the answer cache.
 //! - [`HickoryLookup`]: one shared, caching resolver. It implements
 //!   [`TtlLookup`](nobounce_core::dns::TtlLookup) (answers with their TTL, for
-//!   caching SPF results) and viaspf's [`Lookup`](viaspf::lookup::Lookup)
-//!   (the same answers without TTL).
+//!   caching SPF results); `nobounce_core::dns::TtlAsLookup` serves it as
+//!   viaspf's `Lookup` (the same answers without TTL).
 //!
 //! # Caching
 //!

@@ -1,5 +1,5 @@
-//! [`HickoryLookup`]: hickory-resolver as a [`TtlLookup`] and a viaspf
-//! [`Lookup`].
+//! [`HickoryLookup`]: hickory-resolver as a [`TtlLookup`]. (Wrap it in
+//! `nobounce_core::dns::TtlAsLookup` to use it as a viaspf `Lookup`.)
 
 use crate::config::{DnsConfig, Error};
 use async_trait::async_trait;
@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 use tracing::debug;
-use viaspf::lookup::{Lookup, LookupError, LookupResult, Name};
+use viaspf::lookup::Name;
 
 /// A caching DNS resolver (hickory-resolver 0.26) serving SPF lookups.
 ///
@@ -245,41 +245,5 @@ impl TtlLookup for HickoryLookup {
             RData::PTR(ptr) => to_spf_name(&ptr.0),
             _ => None,
         })
-    }
-}
-
-fn strip<T>(r: TtlResult<T>) -> LookupResult<Vec<T>> {
-    match r {
-        Ok(answer) => Ok(answer.records),
-        Err(TtlLookupError::Timeout) => Err(LookupError::Timeout),
-        Err(TtlLookupError::NoRecords { .. }) => Err(LookupError::NoRecords),
-        Err(TtlLookupError::Dns(e)) => Err(LookupError::Dns(Some(e))),
-    }
-}
-
-/// The same lookups without TTLs, for viaspf's `evaluate_sender`.
-#[async_trait]
-impl Lookup for HickoryLookup {
-    async fn lookup_a<'lookup, 'a>(&'lookup self, name: &'a Name) -> LookupResult<Vec<Ipv4Addr>> {
-        strip(TtlLookup::lookup_a(self, name).await)
-    }
-
-    async fn lookup_aaaa<'lookup, 'a>(
-        &'lookup self,
-        name: &'a Name,
-    ) -> LookupResult<Vec<Ipv6Addr>> {
-        strip(TtlLookup::lookup_aaaa(self, name).await)
-    }
-
-    async fn lookup_mx<'lookup, 'a>(&'lookup self, name: &'a Name) -> LookupResult<Vec<Name>> {
-        strip(TtlLookup::lookup_mx(self, name).await)
-    }
-
-    async fn lookup_txt<'lookup, 'a>(&'lookup self, name: &'a Name) -> LookupResult<Vec<String>> {
-        strip(TtlLookup::lookup_txt(self, name).await)
-    }
-
-    async fn lookup_ptr<'lookup>(&'lookup self, ip: IpAddr) -> LookupResult<Vec<Name>> {
-        strip(TtlLookup::lookup_ptr(self, ip).await)
     }
 }

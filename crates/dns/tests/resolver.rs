@@ -334,7 +334,7 @@ async fn silent_server_times_out() {
             server.queries()
         );
         // viaspf sees the same.
-        let r = Lookup::lookup_a(&dns, &name("example.test")).await;
+        let r = Lookup::lookup_a(&TtlAsLookup(dns.clone()), &name("example.test")).await;
         assert!(matches!(r, Err(LookupError::Timeout)), "{r:?}");
         last = Some(dns);
     }
@@ -357,7 +357,7 @@ async fn servfail_is_a_dns_error() {
 
     let r = TtlLookup::lookup_txt(&dns, &name("example.test")).await;
     assert!(matches!(r, Err(TtlLookupError::Dns(_))), "{r:?}");
-    let r = Lookup::lookup_txt(&dns, &name("example.test")).await;
+    let r = Lookup::lookup_txt(&TtlAsLookup(dns.clone()), &name("example.test")).await;
     assert!(matches!(r, Err(LookupError::Dns(Some(_)))), "{r:?}");
 
     // SERVFAIL is not cached.
@@ -373,11 +373,11 @@ async fn viaspf_lookup_drops_ttls() {
     let server = TestDnsServer::start(zone()).await.expect("server");
     let dns = resolver(&server);
 
-    let mx = Lookup::lookup_mx(&dns, &name("example.test"))
+    let mx = Lookup::lookup_mx(&TtlAsLookup(dns.clone()), &name("example.test"))
         .await
         .expect("MX");
     assert_eq!(mx[0], name("mx1.example.test"));
-    let r = Lookup::lookup_a(&dns, &name("nope.example.test")).await;
+    let r = Lookup::lookup_a(&TtlAsLookup(dns.clone()), &name("nope.example.test")).await;
     assert!(matches!(r, Err(LookupError::NoRecords)), "{r:?}");
 }
 
@@ -400,7 +400,7 @@ async fn spf_evaluation_end_to_end() {
     let sender = Sender::from_address("alice@sender.test").expect("sender");
 
     let via_mx = viaspf::evaluate_sender(
-        &dns,
+        &TtlAsLookup(dns.clone()),
         &config,
         Ipv4Addr::new(192, 0, 2, 10).into(),
         &sender,

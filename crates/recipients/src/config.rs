@@ -37,8 +37,6 @@ use nobounce_core::{Clock, RecipientDirectory, SystemClock};
 use serde::Serialize;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    error::Error,
-    fmt::{self, Display, Formatter},
     sync::Arc,
 };
 
@@ -81,7 +79,8 @@ pub enum BackendConfig {
 
 /// A route that cannot be built, with the configuration key it is about
 /// (`recipients.routes[0].chain`).
-#[derive(Clone, Debug, Eq, PartialEq)]
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+#[error("{key}: {problem}")]
 pub struct RouteError {
     /// The key, as the configuration file writes it.
     pub key: String,
@@ -89,27 +88,23 @@ pub struct RouteError {
     pub problem: String,
 }
 
-impl Display for RouteError {
-    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.problem)
-    }
-}
-
-impl Error for RouteError {}
-
 /// The configuration cannot be turned into a directory.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// A map file is missing or bad (with `file:line`).
+    #[error("recipients backend {backend:?}: {error}")]
     MapFile {
         /// The backend name.
         backend: String,
         /// What is wrong.
+        #[source]
         error: MapFileError,
     },
     /// A route names a backend that does not exist, and the like.
+    #[error(transparent)]
     Route(RouteError),
     /// Map files with a `watch_interval` need a tokio runtime to build in.
+    #[error("map files with a watch_interval need a tokio runtime to build in")]
     NoRuntime,
 }
 
@@ -120,30 +115,6 @@ impl BuildError {
             Self::MapFile { backend, .. } => format!("recipients.backends.{backend}.path"),
             Self::Route(e) => e.key.clone(),
             Self::NoRuntime => "recipients".into(),
-        }
-    }
-}
-
-impl Display for BuildError {
-    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::MapFile { backend, error } => {
-                write!(f, "recipients backend {backend:?}: {error}")
-            }
-            Self::Route(e) => e.fmt(f),
-            Self::NoRuntime => {
-                f.write_str("map files with a watch_interval need a tokio runtime to build in")
-            }
-        }
-    }
-}
-
-impl Error for BuildError {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        match self {
-            Self::MapFile { error, .. } => Some(error),
-            Self::Route(e) => Some(e),
-            Self::NoRuntime => None,
         }
     }
 }

@@ -117,8 +117,14 @@ impl Scripts {
     fn new() -> Self {
         Self {
             add_distinct: Script::new(include_str!("lua/add_distinct.lua")),
-            strike: Script::new(include_str!("lua/strike.lua")),
-            ban: Script::new(include_str!("lua/ban.lua")),
+            strike: Script::new(concat!(
+                include_str!("lua/strikes.lua"),
+                include_str!("lua/strike.lua")
+            )),
+            ban: Script::new(concat!(
+                include_str!("lua/strikes.lua"),
+                include_str!("lua/ban.lua")
+            )),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! A minimal SMTP client that shows tests every reply.
 
+use nobounce_core::smtp_reply::ReplyParser;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -292,41 +293,28 @@ fn with_params(mut line: String, params: &[&str]) -> String {
     line
 }
 
-/// Reads one (possibly multi-line) reply.
+/// Reads one (possibly multi-line) reply, with nobounce-core's parser.
 async fn read_reply(reader: &mut BufReader<OwnedReadHalf>) -> io::Result<Reply> {
-    let mut code = None;
-    let mut lines = Vec::new();
+    let mut parser = ReplyParser::default();
+    let mut read = Vec::new();
     loop {
         let mut raw = Vec::new();
         if reader.read_until(b'\n', &mut raw).await? == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("connection closed by server after {lines:?}"),
+                format!("connection closed by server after {read:?}"),
             ));
         }
         let line = String::from_utf8_lossy(&raw);
         let line = line.trim_end_matches(['\r', '\n']);
-        let bytes = line.as_bytes();
-        let malformed =
-            || io::Error::new(io::ErrorKind::InvalidData, format!("bad reply {line:?}"));
-        if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) {
-            return Err(malformed());
-        }
-        let this_code: u16 = line[..3].parse().map_err(|_| malformed())?;
-        if *code.get_or_insert(this_code) != this_code {
-            return Err(malformed());
-        }
-        let (more, text) = match bytes.get(3) {
-            None => (false, ""),
-            Some(b' ') => (false, &line[4..]),
-            Some(b'-') => (true, &line[4..]),
-            Some(_) => return Err(malformed()),
-        };
-        lines.push(text.to_owned());
-        if !more {
+        read.push(line.to_owned());
+        if let Some(reply) = parser
+            .push(line)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+        {
             return Ok(Reply {
-                code: this_code,
-                lines,
+                code: reply.code,
+                lines: reply.lines,
             });
         }
     }

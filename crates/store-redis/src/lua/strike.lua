@@ -15,15 +15,7 @@ if current then
   end
 end
 
-local strikes = 0
-local remembered = redis.call('GET', KEYS[2])
-if remembered then
-  local n, forget = string.match(remembered, '^(%d+) (%d+)$')
-  if n and tonumber(forget) > now then
-    strikes = tonumber(n)
-  end
-end
-strikes = strikes + 1
+local strikes = remembered_strikes(KEYS[2], now) + 1
 
 -- The same doubling as BanRule::ban_millis.
 local base = tonumber(ARGV[2])
