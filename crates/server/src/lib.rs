@@ -26,7 +26,7 @@ mod service;
 pub use crate::{
     generation::Generation,
     listen::MilterListener,
-    service::{build_store, check, Service},
+    service::{build_store, check, Service, Store},
 };
 
 use nobounce_config::{Config, ConfigErrors};
@@ -72,7 +72,7 @@ pub async fn run(
     let socket = config.socket.clone();
     let control_path = config.store.control_socket.path();
     let service = Service::new(config)?;
-    let purger = service.spawn_purger();
+    let maintenance = service.spawn_maintenance();
 
     let control = match &control_path {
         Some(path) => {
@@ -129,7 +129,9 @@ pub async fn run(
         }
     };
     reloads.abort();
-    purger.abort();
+    for task in maintenance {
+        task.abort();
+    }
     if let Some(task) = control {
         task.abort();
         // Dropping the task's socket removes the path it was bound at.

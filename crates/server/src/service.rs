@@ -13,20 +13,39 @@ use std::{
 };
 use tracing::{info, warn};
 
-/// The state store of `config`, and the memory store to purge now and then
-/// (the store itself, or Redis's local fallback).
-pub fn build_store(config: &Config) -> Result<(Arc<dyn StateStore>, MemoryStore), ConfigErrors> {
+/// The state store of a configuration.
+#[derive(Debug)]
+pub struct Store {
+    /// What the engine uses.
+    pub store: Arc<dyn StateStore>,
+    /// The memory store to purge now and then (the store itself, or
+    /// Redis's local fallback).
+    pub memory: MemoryStore,
+    /// The Redis store with its fallback, whose maintenance must run.
+    pub redis: Option<FallbackStore>,
+}
+
+/// The state store of `config` (no connection is made yet).
+pub fn build_store(config: &Config) -> Result<Store, ConfigErrors> {
     let max_keys = NonZeroUsize::new(config.store.max_keys).ok_or_else(|| {
         ConfigErrors(vec![config.error_at("store.max_keys", "must be at least 1")])
     })?;
     let memory = MemoryStore::new(max_keys);
     Ok(match config.store.backend {
-        StoreBackend::Memory => (Arc::new(memory.clone()), memory),
+        StoreBackend::Memory => Store {
+            store: Arc::new(memory.clone()),
+            memory,
+            redis: None,
+        },
         StoreBackend::Redis => {
             let redis = RedisStore::new(&config.store.redis)
                 .map_err(|e| ConfigErrors(vec![config.error_at("store.redis.url", e)]))?;
-            let store = FallbackStore::new(redis, memory.clone(), config.store.redis.retry);
-            (Arc::new(store), memory)
+            let fallback = FallbackStore::new(redis, memory.clone(), config.store.redis.retry);
+            Store {
+                store: Arc::new(fallback.clone()),
+                memory,
+                redis: Some(fallback),
+            }
         }
     })
 }
@@ -35,7 +54,7 @@ pub fn build_store(config: &Config) -> Result<(Arc<dyn StateStore>, MemoryStore)
 /// connecting anywhere: what `nobounce config check` runs, and what `run`
 /// would fail on.
 pub fn check(config: &Config) -> Result<(), ConfigErrors> {
-    let (store, _) = build_store(config)?;
+    let store = build_store(config)?.store;
     let mut errors = Vec::new();
     if let Some(owner) = &config.milter.socket_owner {
         if let Err(e) = crate::listen::user_id(owner) {
@@ -62,6 +81,7 @@ struct Inner {
     current: ArcSwap<Generation>,
     store: Arc<dyn StateStore>,
     memory: MemoryStore,
+    redis: Option<FallbackStore>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -82,7 +102,11 @@ impl EngineSource for Service {
 impl Service {
     /// Builds the first generation of `config` and the state store.
     pub fn new(config: Config) -> Result<Self, ConfigErrors> {
-        let (store, memory) = build_store(&config)?;
+        let Store {
+            store,
+            memory,
+            redis,
+        } = build_store(&config)?;
         if config.store.backend == StoreBackend::Redis {
             info!(
                 event = "store_redis",
@@ -96,6 +120,7 @@ impl Service {
                 current: ArcSwap::from_pointee(generation),
                 store,
                 memory,
+                redis,
                 reloading: tokio::sync::Mutex::new(()),
             }),
         })
@@ -153,17 +178,22 @@ impl Service {
         .await
     }
 
-    /// Purges expired state from the memory store every minute, until the
-    /// task is aborted.
-    pub fn spawn_purger(&self) -> tokio::task::JoinHandle<()> {
+    /// The store's background work until the tasks are aborted: purging
+    /// expired state from the memory store every minute, and with Redis
+    /// the fallback's maintenance (recovery, dropping lifted mirrors).
+    pub fn spawn_maintenance(&self) -> Vec<tokio::task::JoinHandle<()>> {
         let memory = self.inner.memory.clone();
-        tokio::spawn(async move {
+        let mut tasks = vec![tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
                 memory.purge(SystemTime::now());
             }
-        })
+        })];
+        if let Some(redis) = &self.inner.redis {
+            tasks.push(redis.spawn_maintenance());
+        }
+        tasks
     }
 }
 

@@ -6,9 +6,20 @@ use nobounce_core::store::{Ban, BanRule, MemoryStore, StateStore, StoreError, St
 use std::{
     collections::BTreeMap,
     future::Future,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime},
 };
+
+/// The most changes of one outage kept for replay. A longer outage keeps
+/// its bans locally but stops queueing them (logged once): the replay after
+/// it stays bounded in time.
+pub const MAX_PENDING: usize = 100_000;
+
+/// Changes replayed on the shared store per batch of a recovery.
+const BATCH: usize = 256;
+
+/// The key a recovery probe reads: any read tells that the store answers.
+const PROBE_KEY: &str = "__nobounce_probe__";
 
 /// A change made locally during an outage, to replay on the shared store.
 #[derive(Clone, Debug)]
@@ -20,20 +31,32 @@ enum Pending {
 #[derive(Debug)]
 struct Outage {
     since: Instant,
-    /// When the next operation may try the shared store again.
+    /// When the shared store may be tried again.
     next_probe: Instant,
+    /// A background recovery is under way.
+    recovering: bool,
     /// The latest local ban or lift of each key during the outage.
     pending: BTreeMap<String, Pending>,
+    /// Changes not queued because `pending` was full.
+    dropped: u64,
 }
 
 /// Where one operation goes.
 enum Route {
     /// The shared store is up.
     Primary,
-    /// The shared store is down but due for a try: push these first.
-    Probe(Vec<(String, Pending)>),
-    /// The shared store is down: local memory only.
+    /// The shared store is down (or being recovered): local memory only.
     Local,
+}
+
+#[derive(Debug)]
+struct Inner<P> {
+    primary: P,
+    local: MemoryStore,
+    retry: Duration,
+    // A std Mutex is right here: the state is read and changed in a few
+    // instructions, never across an await.
+    outage: Mutex<Option<Outage>>,
 }
 
 /// A shared store (by default [`RedisStore`]) with a local [`MemoryStore`]
@@ -42,13 +65,20 @@ enum Route {
 ///
 /// While the shared store answers, every operation goes to it, and bans
 /// seen there (made, set, or found by `ban_status`) are mirrored into local
-/// memory, so that they still apply during an outage.
+/// memory, so that they still apply during an outage. Mirrors of bans that
+/// the shared store no longer has (lifted with `nobounce ban lift`, which
+/// talks to Redis directly) are dropped by [`Self::reconcile`], which
+/// [`Self::spawn_maintenance`] runs every `retry` interval, so a lifted ban
+/// does not come back in the next outage.
 ///
 /// When an operation of the shared store fails (unreachable, timeout), the
 /// outage begins: one `warn!` (event `store_unreachable`) and from then on
-/// operations are served from local memory. Every `retry` interval one
-/// operation tries the shared store again; when it succeeds the outage ends
-/// with one `info!` (event `store_recovered`) and a resynchronisation:
+/// operations are served from local memory. Every `retry` interval a
+/// background task tries the shared store again; once it answers, the task
+/// replays the outage's changes in batches, and the outage ends with one
+/// `info!` (event `store_recovered`) when all are pushed. SMTP commands
+/// never wait for a replay (issue 13, item 9); at most [`MAX_PENDING`]
+/// changes are queued.
 ///
 /// - **merged**: the bans made (by strike or by hand) and the lifts done
 ///   locally during the outage, the latest per key. A pushed ban never
@@ -60,16 +90,21 @@ enum Route {
 ///   Redis restarted without persistence) unless they were made during the
 ///   outage.
 ///
-/// The embedder should call [`MemoryStore::purge`] on [`Self::local`] now
-/// and then.
+/// Background work needs a tokio runtime; without one, a recovery runs
+/// inline in the operation that finds the store due for a try. The
+/// embedder should call [`MemoryStore::purge`] on [`Self::local`] now and
+/// then. Clones share the same state.
 #[derive(Debug)]
 pub struct FallbackStore<P = RedisStore> {
-    primary: P,
-    local: MemoryStore,
-    retry: Duration,
-    // A std Mutex is right here: the state is read and changed in a few
-    // instructions, never across an await.
-    outage: Mutex<Option<Outage>>,
+    inner: Arc<Inner<P>>,
+}
+
+impl<P> Clone for FallbackStore<P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
 }
 
 impl FallbackStore<RedisStore> {
@@ -83,55 +118,178 @@ impl FallbackStore<RedisStore> {
     }
 }
 
-impl<P: StateStore> FallbackStore<P> {
+impl<P: StateStore + 'static> FallbackStore<P> {
     /// `primary` with `local` behind it; during an outage the primary is
     /// tried again at most once per `retry`.
     pub fn new(primary: P, local: MemoryStore, retry: Duration) -> Self {
         Self {
-            primary,
-            local,
-            retry,
-            outage: Mutex::new(None),
+            inner: Arc::new(Inner {
+                primary,
+                local,
+                retry,
+                outage: Mutex::new(None),
+            }),
         }
     }
 
     /// The shared store.
     pub fn primary(&self) -> &P {
-        &self.primary
+        &self.inner.primary
     }
 
     /// The local memory store.
     pub fn local(&self) -> &MemoryStore {
-        &self.local
+        &self.inner.local
     }
 
-    /// `true` during an outage of the shared store.
+    /// `true` during an outage of the shared store (recovery included).
     pub fn is_degraded(&self) -> bool {
-        self.lock().is_some()
+        self.inner.lock().is_some()
     }
 
+    /// How many changes wait for the shared store.
+    pub fn pending(&self) -> usize {
+        self.inner.lock().as_ref().map_or(0, |o| o.pending.len())
+    }
+
+    /// Every `retry` interval (at least every second): drops stale mirrors
+    /// while the shared store is up ([`Self::reconcile`]), and tries to
+    /// recover during an outage. Runs until the task is aborted.
+    pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        let every = self.inner.retry.max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if store.is_degraded() {
+                    let _ = store.route();
+                } else {
+                    store.reconcile(SystemTime::now()).await;
+                }
+            }
+        })
+    }
+
+    /// Drops the local mirrors of bans the shared store no longer has (a
+    /// ban lifted there by another program). Does nothing during an outage.
+    pub async fn reconcile(&self, now: SystemTime) {
+        let Ok(local) = self.inner.local.list(now).await else {
+            return;
+        };
+        if local.is_empty() || self.is_degraded() {
+            return;
+        }
+        let shared = match self.inner.primary.list(now).await {
+            Ok(bans) => bans,
+            Err(e) => {
+                self.inner.failed(&e, Vec::new(), self.inner.retry);
+                return;
+            }
+        };
+        for ban in local {
+            if !shared.iter().any(|b| b.key == ban.key) && !self.is_degraded() {
+                tracing::debug!(event = "store_mirror_dropped", key = %ban.key, "ban lifted in the shared store; local mirror dropped");
+                let _ = self.inner.local.lift(&ban.key, now).await;
+            }
+        }
+    }
+
+    /// Where the next operation goes; starts a recovery when one is due.
+    fn route(&self) -> Route {
+        let mut outage = self.inner.lock();
+        let Some(o) = outage.as_mut() else {
+            return Route::Primary;
+        };
+        let now = Instant::now();
+        if o.recovering || now < o.next_probe {
+            return Route::Local;
+        }
+        o.recovering = true;
+        o.next_probe = now + self.inner.retry;
+        drop(outage);
+        let inner = Arc::clone(&self.inner);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { inner.recover().await });
+            }
+            // No runtime to run it in the background: the caller does not
+            // block on it either, it just stays local until a runtime runs
+            // an operation.
+            Err(_) => self
+                .inner
+                .lock()
+                .as_mut()
+                .map_or((), |o| o.recovering = false),
+        }
+        Route::Local
+    }
+
+    /// Runs `op` on the shared store unless in an outage; `None` means
+    /// "serve it locally".
+    async fn shared<T, Fut>(&self, op: impl FnOnce() -> Fut) -> Option<T>
+    where
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        match self.route() {
+            Route::Local => None,
+            Route::Primary => match op().await {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.inner.failed(&e, Vec::new(), self.inner.retry);
+                    None
+                }
+            },
+        }
+    }
+
+    /// Records a local change of the outage; if the outage ended meanwhile,
+    /// pushes it now.
+    async fn local_change(&self, key: &str, change: Pending, now: SystemTime) {
+        let recorded = match self.inner.lock().as_mut() {
+            Some(o) => {
+                o.queue(key, change.clone());
+                true
+            }
+            None => false,
+        };
+        if !recorded {
+            if let Err((e, rest)) = self.inner.push(vec![(key.to_owned(), change)], now).await {
+                self.inner.failed(&e, rest, self.inner.retry);
+            }
+        }
+    }
+}
+
+impl Outage {
+    fn queue(&mut self, key: &str, change: Pending) {
+        if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(key) {
+            if self.dropped == 0 {
+                tracing::warn!(
+                    event = "store_backlog_full",
+                    max = MAX_PENDING,
+                    "shared store down for long: further local bans stay local only"
+                );
+            }
+            self.dropped += 1;
+            return;
+        }
+        self.pending.insert(key.to_owned(), change);
+    }
+}
+
+impl<P: StateStore> Inner<P> {
     fn lock(&self) -> MutexGuard<'_, Option<Outage>> {
         // The state stays consistent at every instruction; a panic elsewhere
         // while holding the lock does not make it unusable.
         self.outage.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn route(&self) -> Route {
-        let mut outage = self.lock();
-        let Some(o) = outage.as_mut() else {
-            return Route::Primary;
-        };
-        let now = Instant::now();
-        if now < o.next_probe {
-            return Route::Local;
-        }
-        o.next_probe = now + self.retry;
-        Route::Probe(std::mem::take(&mut o.pending).into_iter().collect())
-    }
-
     /// The shared store failed: start an outage (logged once) or go on with
-    /// it, keeping `unpushed` changes for the next try.
-    fn failed(&self, error: &StoreError, unpushed: Vec<(String, Pending)>) {
+    /// it, keeping `unpushed` changes for the next try, which is due after
+    /// `wait`.
+    fn failed(&self, error: &StoreError, unpushed: Vec<(String, Pending)>, wait: Duration) {
         let mut outage = self.lock();
         if outage.is_some() {
             tracing::debug!(event = "store_still_unreachable", error = %error);
@@ -143,47 +301,60 @@ impl<P: StateStore> FallbackStore<P> {
                 "shared store unreachable; counting and banning in local memory until it is back"
             );
         }
-        let o = outage.get_or_insert_with(|| {
-            let now = Instant::now();
-            Outage {
-                since: now,
-                next_probe: now + self.retry,
-                pending: BTreeMap::new(),
-            }
+        let now = Instant::now();
+        let o = outage.get_or_insert_with(|| Outage {
+            since: now,
+            next_probe: now,
+            recovering: false,
+            pending: BTreeMap::new(),
+            dropped: 0,
         });
+        o.next_probe = now + wait;
+        o.recovering = false;
         for (key, change) in unpushed {
             // A change made while the push was under way is newer.
-            o.pending.entry(key).or_insert(change);
-        }
-    }
-
-    /// Records a local change during an outage; `false` if the outage ended
-    /// meanwhile (the caller then pushes the change itself).
-    fn record(&self, key: &str, change: Pending) -> bool {
-        match self.lock().as_mut() {
-            Some(o) => {
-                o.pending.insert(key.to_owned(), change);
-                true
+            if !o.pending.contains_key(&key) {
+                o.queue(&key, change);
             }
-            None => false,
         }
     }
 
-    /// Ends the outage after a successful probe and pushes what was recorded
-    /// while the probe ran.
-    async fn recovered(&self, pushed: usize, now: SystemTime) {
-        let Some(o) = self.lock().take() else {
+    /// The background recovery: probe, replay the outage's changes in
+    /// batches, end the outage once nothing is left.
+    async fn recover(&self) {
+        let now = SystemTime::now();
+        if let Err(e) = self.primary.ban_status(PROBE_KEY, now).await {
+            self.failed(&e, Vec::new(), self.retry);
             return;
-        };
-        let late: Vec<_> = o.pending.into_iter().collect();
-        tracing::info!(
-            event = "store_recovered",
-            outage_ms = u64::try_from(o.since.elapsed().as_millis()).unwrap_or(u64::MAX),
-            pushed = pushed + late.len(),
-            "shared store reachable again; local bans and lifts of the outage pushed to it"
-        );
-        if let Err((e, rest)) = self.push(late, now).await {
-            self.failed(&e, rest);
+        }
+        let mut pushed = 0;
+        loop {
+            let batch: Vec<(String, Pending)> = {
+                let mut outage = self.lock();
+                let Some(o) = outage.as_mut() else { return };
+                let keys: Vec<String> = o.pending.keys().take(BATCH).cloned().collect();
+                if keys.is_empty() {
+                    let o = outage.take().expect("checked above");
+                    tracing::info!(
+                        event = "store_recovered",
+                        outage_ms = u64::try_from(o.since.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        pushed,
+                        not_queued = o.dropped,
+                        "shared store reachable again; local bans and lifts of the outage pushed to it"
+                    );
+                    return;
+                }
+                keys.into_iter()
+                    .filter_map(|k| o.pending.remove(&k).map(|c| (k, c)))
+                    .collect()
+            };
+            match self.push(batch, now).await {
+                Ok(n) => pushed += n,
+                Err((e, rest)) => {
+                    self.failed(&e, rest, self.retry);
+                    return;
+                }
+            }
         }
     }
 
@@ -224,50 +395,10 @@ impl<P: StateStore> FallbackStore<P> {
             .ban(&ban.key, ban.until, &ban.reason, now)
             .await
     }
-
-    /// Runs `op` on the shared store unless in an outage; `None` means
-    /// "serve it locally".
-    async fn shared<T, Fut>(&self, now: SystemTime, op: impl FnOnce() -> Fut) -> Option<T>
-    where
-        Fut: Future<Output = Result<T, StoreError>>,
-    {
-        let pushed = match self.route() {
-            Route::Local => return None,
-            Route::Primary => None,
-            Route::Probe(pending) => match self.push(pending, now).await {
-                Ok(n) => Some(n),
-                Err((e, rest)) => {
-                    self.failed(&e, rest);
-                    return None;
-                }
-            },
-        };
-        match op().await {
-            Ok(v) => {
-                if let Some(n) = pushed {
-                    self.recovered(n, now).await;
-                }
-                Some(v)
-            }
-            Err(e) => {
-                self.failed(&e, Vec::new());
-                None
-            }
-        }
-    }
-
-    /// Records a local change, or pushes it if the outage just ended.
-    async fn local_change(&self, key: &str, change: Pending, now: SystemTime) {
-        if !self.record(key, change.clone()) {
-            if let Err((e, rest)) = self.push(vec![(key.to_owned(), change)], now).await {
-                self.failed(&e, rest);
-            }
-        }
-    }
 }
 
 #[async_trait]
-impl<P: StateStore> StateStore for FallbackStore<P> {
+impl<P: StateStore + 'static> StateStore for FallbackStore<P> {
     async fn add_distinct(
         &self,
         key: &str,
@@ -275,12 +406,13 @@ impl<P: StateStore> StateStore for FallbackStore<P> {
         window: Duration,
         now: SystemTime,
     ) -> Result<u64, StoreError> {
-        let shared = self
-            .shared(now, || self.primary.add_distinct(key, member, window, now))
-            .await;
-        match shared {
+        let inner = &self.inner;
+        match self
+            .shared(|| inner.primary.add_distinct(key, member, window, now))
+            .await
+        {
             Some(n) => Ok(n),
-            None => self.local.add_distinct(key, member, window, now).await,
+            None => inner.local.add_distinct(key, member, window, now).await,
         }
     }
 
@@ -291,14 +423,15 @@ impl<P: StateStore> StateStore for FallbackStore<P> {
         reason: &str,
         now: SystemTime,
     ) -> Result<Strike, StoreError> {
+        let inner = &self.inner;
         if let Some(strike) = self
-            .shared(now, || self.primary.strike(key, rule, reason, now))
+            .shared(|| inner.primary.strike(key, rule, reason, now))
             .await
         {
-            self.local.mirror(&strike.ban, now);
+            inner.local.mirror(&strike.ban, now);
             return Ok(strike);
         }
-        let strike = self.local.strike(key, rule, reason, now).await?;
+        let strike = inner.local.strike(key, rule, reason, now).await?;
         if strike.new {
             self.local_change(key, Pending::Ban(strike.ban.clone()), now)
                 .await;
@@ -313,12 +446,13 @@ impl<P: StateStore> StateStore for FallbackStore<P> {
         reason: &str,
         now: SystemTime,
     ) -> Result<(), StoreError> {
+        let inner = &self.inner;
         let shared = self
-            .shared(now, || self.primary.ban(key, until, reason, now))
+            .shared(|| inner.primary.ban(key, until, reason, now))
             .await;
-        self.local.ban(key, until, reason, now).await?;
+        inner.local.ban(key, until, reason, now).await?;
         if shared.is_none() {
-            if let Some(ban) = self.local.ban_status(key, now).await? {
+            if let Some(ban) = inner.local.ban_status(key, now).await? {
                 self.local_change(key, Pending::Ban(ban), now).await;
             }
         }
@@ -326,23 +460,25 @@ impl<P: StateStore> StateStore for FallbackStore<P> {
     }
 
     async fn ban_status(&self, key: &str, now: SystemTime) -> Result<Option<Ban>, StoreError> {
-        match self.shared(now, || self.primary.ban_status(key, now)).await {
+        let inner = &self.inner;
+        match self.shared(|| inner.primary.ban_status(key, now)).await {
             Some(Some(ban)) => {
-                self.local.mirror(&ban, now);
+                inner.local.mirror(&ban, now);
                 Ok(Some(ban))
             }
             Some(None) => {
                 // Lifted or ended in the shared store: drop any mirror.
-                self.local.lift(key, now).await?;
+                inner.local.lift(key, now).await?;
                 Ok(None)
             }
-            None => self.local.ban_status(key, now).await,
+            None => inner.local.ban_status(key, now).await,
         }
     }
 
     async fn lift(&self, key: &str, now: SystemTime) -> Result<(), StoreError> {
-        let shared = self.shared(now, || self.primary.lift(key, now)).await;
-        self.local.lift(key, now).await?;
+        let inner = &self.inner;
+        let shared = self.shared(|| inner.primary.lift(key, now)).await;
+        inner.local.lift(key, now).await?;
         if shared.is_none() {
             self.local_change(key, Pending::Lift, now).await;
         }
@@ -350,9 +486,10 @@ impl<P: StateStore> StateStore for FallbackStore<P> {
     }
 
     async fn list(&self, now: SystemTime) -> Result<Vec<Ban>, StoreError> {
-        match self.shared(now, || self.primary.list(now)).await {
+        let inner = &self.inner;
+        match self.shared(|| inner.primary.list(now)).await {
             Some(bans) => Ok(bans),
-            None => self.local.list(now).await,
+            None => inner.local.list(now).await,
         }
     }
 }
@@ -362,18 +499,24 @@ mod tests {
     use super::*;
     use nobounce_core::store::from_millis;
     use nobounce_test_support::LogCapture;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-    /// A primary that fails while `down` is set.
+    /// A primary that fails while `down` is set, and takes `slow_ms` per
+    /// operation.
     #[derive(Debug, Default)]
     struct Flaky {
         inner: MemoryStore,
         down: AtomicBool,
         calls: AtomicUsize,
+        slow_ms: AtomicU64,
     }
 
     impl Flaky {
-        fn check(&self) -> Result<(), StoreError> {
+        async fn check(&self) -> Result<(), StoreError> {
+            let slow = self.slow_ms.load(Ordering::SeqCst);
+            if slow > 0 {
+                tokio::time::sleep(Duration::from_millis(slow)).await;
+            }
             self.calls.fetch_add(1, Ordering::SeqCst);
             if self.down.load(Ordering::SeqCst) {
                 Err(StoreError::new("connection refused"))
@@ -392,7 +535,7 @@ mod tests {
             window: Duration,
             now: SystemTime,
         ) -> Result<u64, StoreError> {
-            self.check()?;
+            self.check().await?;
             self.inner.add_distinct(key, member, window, now).await
         }
         async fn strike(
@@ -402,7 +545,7 @@ mod tests {
             reason: &str,
             now: SystemTime,
         ) -> Result<Strike, StoreError> {
-            self.check()?;
+            self.check().await?;
             self.inner.strike(key, rule, reason, now).await
         }
         async fn ban(
@@ -412,19 +555,19 @@ mod tests {
             reason: &str,
             now: SystemTime,
         ) -> Result<(), StoreError> {
-            self.check()?;
+            self.check().await?;
             self.inner.ban(key, until, reason, now).await
         }
         async fn ban_status(&self, key: &str, now: SystemTime) -> Result<Option<Ban>, StoreError> {
-            self.check()?;
+            self.check().await?;
             self.inner.ban_status(key, now).await
         }
         async fn lift(&self, key: &str, now: SystemTime) -> Result<(), StoreError> {
-            self.check()?;
+            self.check().await?;
             self.inner.lift(key, now).await
         }
         async fn list(&self, now: SystemTime) -> Result<Vec<Ban>, StoreError> {
-            self.check()?;
+            self.check().await?;
             self.inner.list(now).await
         }
     }
@@ -448,13 +591,26 @@ mod tests {
         FallbackStore::new(Flaky::default(), MemoryStore::default(), retry)
     }
 
+    /// Lets the store notice that the shared store is back (one operation)
+    /// and waits for the background recovery to finish.
+    async fn recover(s: &FallbackStore<Flaky>) {
+        s.ban_status("poke", t0()).await.unwrap();
+        for _ in 0..60_000 {
+            if !s.is_degraded() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("no recovery");
+    }
+
     #[tokio::test]
     async fn outage_is_served_locally_and_logged_once() {
         let logs = LogCapture::default();
         let _guard = logs.install();
         let s = store(Duration::ZERO);
         let banned = s.strike("k1", &rule(), "r", t0()).await.unwrap().ban;
-        s.primary.down.store(true, Ordering::SeqCst);
+        s.primary().down.store(true, Ordering::SeqCst);
         for i in 0..20 {
             let n = s
                 .add_distinct("k2", &format!("m{i}"), HOUR, t0())
@@ -469,12 +625,13 @@ mod tests {
         assert_eq!(logs.count("store_unreachable"), 1, "one warning per outage");
         assert_eq!(logs.count("store_recovered"), 0);
 
-        s.primary.down.store(false, Ordering::SeqCst);
+        s.primary().down.store(false, Ordering::SeqCst);
+        recover(&s).await;
         assert_eq!(s.add_distinct("k2", "x", HOUR, t0()).await.unwrap(), 1);
         assert!(!s.is_degraded());
         assert_eq!(logs.count("store_recovered"), 1);
         // A second outage is a new one, logged again.
-        s.primary.down.store(true, Ordering::SeqCst);
+        s.primary().down.store(true, Ordering::SeqCst);
         s.add_distinct("k2", "y", HOUR, t0()).await.unwrap();
         assert_eq!(logs.count("store_unreachable"), 2);
     }
@@ -482,9 +639,9 @@ mod tests {
     #[tokio::test]
     async fn recovery_pushes_the_bans_and_lifts_of_the_outage() {
         let s = store(Duration::ZERO);
-        let shared = &s.primary.inner;
+        let shared = &s.primary().inner;
         s.strike("lifted", &rule(), "r", t0()).await.unwrap();
-        s.primary.down.store(true, Ordering::SeqCst);
+        s.primary().down.store(true, Ordering::SeqCst);
 
         s.lift("lifted", t0()).await.unwrap();
         let struck = s.strike("struck", &rule(), "dict", t0()).await.unwrap();
@@ -502,9 +659,8 @@ mod tests {
         assert!(shared.ban_status("lifted", t0()).await.unwrap().is_some());
         assert_eq!(shared.ban_status("struck", t0()).await.unwrap(), None);
 
-        s.primary.down.store(false, Ordering::SeqCst);
-        s.ban_status("anything", t0()).await.unwrap();
-        assert!(!s.is_degraded());
+        s.primary().down.store(false, Ordering::SeqCst);
+        recover(&s).await;
         assert_eq!(shared.ban_status("lifted", t0()).await.unwrap(), None);
         let pushed = shared.ban_status("struck", t0()).await.unwrap().unwrap();
         assert_eq!(
@@ -526,15 +682,15 @@ mod tests {
     #[tokio::test]
     async fn the_shared_store_is_tried_again_only_after_the_retry_interval() {
         let s = store(HOUR);
-        s.primary.down.store(true, Ordering::SeqCst);
+        s.primary().down.store(true, Ordering::SeqCst);
         s.add_distinct("k", "a", HOUR, t0()).await.unwrap();
-        let calls = s.primary.calls.load(Ordering::SeqCst);
-        s.primary.down.store(false, Ordering::SeqCst);
+        let calls = s.primary().calls.load(Ordering::SeqCst);
+        s.primary().down.store(false, Ordering::SeqCst);
         for _ in 0..10 {
             s.add_distinct("k", "b", HOUR, t0()).await.unwrap();
         }
         assert_eq!(
-            s.primary.calls.load(Ordering::SeqCst),
+            s.primary().calls.load(Ordering::SeqCst),
             calls,
             "no probe yet"
         );
@@ -544,16 +700,16 @@ mod tests {
     #[tokio::test]
     async fn changes_survive_a_failed_probe() {
         let s = store(Duration::ZERO);
-        s.primary.down.store(true, Ordering::SeqCst);
+        s.primary().down.store(true, Ordering::SeqCst);
         let struck = s.strike("k", &rule(), "r", t0()).await.unwrap().ban;
         // Probes while still down: the pending ban must not be lost.
         for _ in 0..3 {
             assert_eq!(s.ban_status("k", t0()).await.unwrap(), Some(struck.clone()));
         }
-        s.primary.down.store(false, Ordering::SeqCst);
-        s.list(t0()).await.unwrap();
+        s.primary().down.store(false, Ordering::SeqCst);
+        recover(&s).await;
         assert_eq!(
-            s.primary
+            s.primary()
                 .inner
                 .ban_status("k", t0())
                 .await
@@ -561,5 +717,61 @@ mod tests {
                 .map(|b| b.until),
             Some(struck.until)
         );
+    }
+
+    /// Issue 13, item 9: the recovery pushed the whole backlog inline,
+    /// during the first SMTP command after Redis came back, beyond any MTA
+    /// timeout. It runs in the background now; the command does not wait.
+    #[tokio::test(start_paused = true)]
+    async fn issue13_recovery_runs_in_the_background() {
+        let s = store(Duration::ZERO);
+        s.primary().down.store(true, Ordering::SeqCst);
+        for i in 0..500 {
+            s.strike(&format!("k{i}"), &rule(), "dict", t0())
+                .await
+                .unwrap();
+        }
+        assert_eq!(s.pending(), 500);
+        s.primary().down.store(false, Ordering::SeqCst);
+        // Redis is slow to answer: 10 ms per operation, 2 per pushed ban.
+        s.primary().slow_ms.store(10, Ordering::SeqCst);
+        let start = tokio::time::Instant::now();
+        s.ban_status("k1", t0()).await.unwrap();
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_millis(100),
+            "the command waited {took:?}"
+        );
+        recover(&s).await;
+        assert_eq!(s.pending(), 0);
+        for i in [0, 250, 499] {
+            assert!(
+                s.primary()
+                    .inner
+                    .ban_status(&format!("k{i}"), t0())
+                    .await
+                    .unwrap()
+                    .is_some(),
+                "k{i} pushed"
+            );
+        }
+    }
+
+    /// Issue 13, item 9: `nobounce ban lift` with Redis lifts in Redis only;
+    /// the milters' local copies came back during the next outage. The
+    /// maintenance drops mirrors the shared store no longer has.
+    #[tokio::test]
+    async fn issue13_a_ban_lifted_in_the_shared_store_does_not_come_back() {
+        let s = store(HOUR);
+        let shared = &s.primary().inner;
+        shared.ban("k", t0() + HOUR, "dict", t0()).await.unwrap();
+        assert!(s.ban_status("k", t0()).await.unwrap().is_some(), "mirrored");
+        // The admin lifts it in Redis directly (another process).
+        shared.lift("k", t0()).await.unwrap();
+        s.reconcile(t0()).await;
+        // Redis goes down: the lifted ban is not served from the mirror.
+        s.primary().down.store(true, Ordering::SeqCst);
+        assert_eq!(s.ban_status("k", t0()).await.unwrap(), None);
+        assert!(s.is_degraded());
     }
 }
