@@ -23,15 +23,29 @@ fn stubs(dir: &Path, installed: bool, apt_status: i32) -> PathBuf {
         let path = bin.join(name);
         fs::write(
             &path,
-            format!("#!/bin/sh\necho \"{name} $*\" >> '{}'\n{body}\n", calls.display()),
+            format!(
+                "#!/bin/sh\necho \"{name} $*\" >> '{}'\n{body}\n",
+                calls.display()
+            ),
         )
         .unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
     };
-    let status = if installed { "install ok installed" } else { "" };
+    let status = if installed {
+        "install ok installed"
+    } else {
+        ""
+    };
     stub("dpkg-query", &format!("printf '{status}'"));
     stub("apt-get", &format!("exit {apt_status}"));
-    for name in ["debconf-set-selections", "service", "pkill", "killall", "postfix", "systemctl"] {
+    for name in [
+        "debconf-set-selections",
+        "service",
+        "pkill",
+        "killall",
+        "postfix",
+        "systemctl",
+    ] {
         stub(name, "exit 0");
     }
     calls

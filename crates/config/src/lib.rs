@@ -154,9 +154,10 @@ pub enum StoreBackend {
 /// Where the control socket (for `nobounce ban ...`) is.
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
 pub enum ControlSocket {
-    /// `"auto"`, the default: `/run/nobounce/control.sock` for root,
-    /// `$XDG_RUNTIME_DIR/nobounce/control.sock` for other users, none when
-    /// neither fits.
+    /// `"auto"`, the default: `/run/nobounce/control.sock` for root; for
+    /// other users `$RUNTIME_DIRECTORY/control.sock` (systemd's
+    /// `RuntimeDirectory=nobounce` gives `/run/nobounce`) or
+    /// `$XDG_RUNTIME_DIR/nobounce/control.sock`; none when none fits.
     #[default]
     Auto,
     /// `""`: no control socket.
@@ -167,25 +168,37 @@ pub enum ControlSocket {
 
 impl ControlSocket {
     /// The path to use, if any, for a process running as `uid` with the
-    /// runtime directory `xdg_runtime_dir`.
-    pub fn resolve(&self, uid: u32, xdg_runtime_dir: Option<&Path>) -> Option<PathBuf> {
+    /// given `RUNTIME_DIRECTORY` and `XDG_RUNTIME_DIR`.
+    pub fn resolve(
+        &self,
+        uid: u32,
+        runtime_directory: Option<&Path>,
+        xdg_runtime_dir: Option<&Path>,
+    ) -> Option<PathBuf> {
+        let absolute = |d: Option<&Path>| d.filter(|d| d.is_absolute()).map(Path::to_path_buf);
         match self {
             Self::Off => None,
             Self::Path(p) => Some(p.clone()),
             Self::Auto if uid == 0 => Some(PathBuf::from("/run/nobounce/control.sock")),
-            Self::Auto => xdg_runtime_dir
-                .filter(|d| d.is_absolute())
-                .map(|d| d.join("nobounce/control.sock")),
+            Self::Auto => absolute(runtime_directory)
+                .map(|d| d.join("control.sock"))
+                .or_else(|| absolute(xdg_runtime_dir).map(|d| d.join("nobounce/control.sock"))),
         }
     }
 
-    /// The path for this process (its effective uid and `XDG_RUNTIME_DIR`).
+    /// The path for this process (its effective uid and environment).
     pub fn path(&self) -> Option<PathBuf> {
+        let var = |name: &str| std::env::var_os(name).map(PathBuf::from);
+        // systemd may list several directories; the first is nobounce's.
+        let runtime = var("RUNTIME_DIRECTORY").and_then(|d| {
+            d.to_str()
+                .and_then(|s| s.split(':').next())
+                .map(PathBuf::from)
+        });
         self.resolve(
             effective_uid(),
-            std::env::var_os("XDG_RUNTIME_DIR")
-                .as_deref()
-                .map(Path::new),
+            runtime.as_deref(),
+            var("XDG_RUNTIME_DIR").as_deref(),
         )
     }
 }

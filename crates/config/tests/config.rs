@@ -239,16 +239,26 @@ fn control_socket_resolution() {
     use std::path::Path;
     let auto = ControlSocket::Auto;
     assert_eq!(
-        auto.resolve(0, None).as_deref(),
+        auto.resolve(0, None, None).as_deref(),
         Some(Path::new("/run/nobounce/control.sock"))
     );
     assert_eq!(
-        auto.resolve(1000, Some(Path::new("/run/user/1000")))
+        auto.resolve(1000, None, Some(Path::new("/run/user/1000")))
             .as_deref(),
         Some(Path::new("/run/user/1000/nobounce/control.sock"))
     );
-    assert_eq!(auto.resolve(1000, None), None);
-    assert_eq!(ControlSocket::Off.resolve(0, None), None);
+    assert_eq!(
+        auto.resolve(
+            999,
+            Some(Path::new("/run/nobounce")),
+            Some(Path::new("/run/user/999"))
+        )
+        .as_deref(),
+        Some(Path::new("/run/nobounce/control.sock")),
+        "systemd's RuntimeDirectory first"
+    );
+    assert_eq!(auto.resolve(1000, None, None), None);
+    assert_eq!(ControlSocket::Off.resolve(0, None, None), None);
 }
 
 #[test]
