@@ -33,7 +33,7 @@ impl EnvelopeAddress {
             .unwrap_or(s);
         // RFC 5321 §4.1.2 source route: "@a,@b:local@domain".
         let s = if s.starts_with('@') {
-            s.split_once(':').map_or(s, |(_, rest)| rest)
+            s.split_once(':').map_or(s, |(_, rest)| rest.trim())
         } else {
             s
         };
@@ -116,6 +116,17 @@ mod tests {
             EnvelopeAddress::parse("<@b.c>"),
             EnvelopeAddress::Other("@b.c".into())
         );
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/envelope.rs): whitespace after a
+    /// source route stayed in the local part, so printing and parsing again
+    /// gave another address.
+    #[test]
+    fn parsing_what_was_printed_gives_the_same_address() {
+        for raw in ["@o:\n\u{1}@8x", "<@a.example: joe@b.example>", " <a@b> "] {
+            let once = EnvelopeAddress::parse(raw);
+            assert_eq!(EnvelopeAddress::parse(&once.to_string()), once, "{raw:?}");
+        }
     }
 
     #[test]

@@ -42,6 +42,27 @@ mod reply;
 #[cfg(test)]
 mod testutil;
 
+/// Entry points for the fuzz targets (`fuzz/`): the parsers of what
+/// backend servers answer. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use nobounce_core::{DirectoryError, EnhancedStatus, RecipientStatus};
+
+    /// What an LMTP/SMTP `RCPT` reply means for a recipient.
+    pub fn classify_reply(
+        code: u16,
+        status: Option<EnhancedStatus>,
+        text: &str,
+    ) -> Result<RecipientStatus, DirectoryError> {
+        crate::reply::classify(code, status, text)
+    }
+
+    /// What a quota-status `action=` means for a recipient.
+    pub fn classify_action(action: &str) -> Result<RecipientStatus, DirectoryError> {
+        crate::quota_status::classify_action(action)
+    }
+}
+
 pub use crate::{
     cache::CacheConfig,
     config::{
