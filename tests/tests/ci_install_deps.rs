@@ -80,8 +80,16 @@ fn stops_something(calls: &str) -> Option<&str> {
     })
 }
 
+/// The cases, one after the other.
 #[test]
-fn issue13_install_deps_stops_nothing_when_all_is_installed() {
+fn issue13_install_deps_touches_nothing_it_did_not_start() {
+    all_installed_stops_nothing();
+    installs_without_stopping_anything();
+    a_failed_apt_run_leaves_no_policy_behind();
+    keeps_a_policy_it_did_not_create();
+}
+
+fn all_installed_stops_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, calls, policy) = run(dir.path(), true, 0);
     assert!(ok);
@@ -90,18 +98,16 @@ fn issue13_install_deps_stops_nothing_when_all_is_installed() {
     assert!(!policy.exists());
 }
 
-#[test]
-fn issue13_install_deps_installs_without_stopping_anything() {
+fn installs_without_stopping_anything() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, calls, policy) = run(dir.path(), false, 0);
-    assert!(ok);
+    assert!(ok, "{calls}");
     assert!(calls.contains("apt-get install"), "{calls}");
     assert_eq!(stops_something(&calls), None, "{calls}");
     assert!(!policy.exists(), "its policy-rc.d is removed");
 }
 
-#[test]
-fn issue13_a_failed_apt_run_leaves_no_policy_behind() {
+fn a_failed_apt_run_leaves_no_policy_behind() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, calls, policy) = run(dir.path(), false, 100);
     assert!(!ok, "the failure is reported");
@@ -110,12 +116,11 @@ fn issue13_a_failed_apt_run_leaves_no_policy_behind() {
     assert_eq!(stops_something(&calls), None, "{calls}");
 }
 
-#[test]
-fn install_deps_keeps_a_policy_it_did_not_create() {
+fn keeps_a_policy_it_did_not_create() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy-rc.d");
     fs::write(&policy, "#!/bin/sh\nexit 0\n").unwrap();
-    let (ok, _, policy) = run(dir.path(), false, 0);
-    assert!(ok);
+    let (ok, calls, policy) = run(dir.path(), false, 0);
+    assert!(ok, "{calls}");
     assert_eq!(fs::read_to_string(&policy).unwrap(), "#!/bin/sh\nexit 0\n");
 }
