@@ -118,6 +118,19 @@ impl Engine {
         &self.inner.config
     }
 
+    /// Whether any rule reads the message's headers (forged
+    /// `Authentication-Results` are looked for while SPF is on). A front
+    /// end need not pass headers otherwise.
+    pub fn reads_headers(&self) -> bool {
+        self.inner.config.spf.enabled
+    }
+
+    /// Whether end of message may insert or delete headers (the SPF trace
+    /// headers, forged `Authentication-Results`).
+    pub fn edits_headers(&self) -> bool {
+        self.inner.config.spf.enabled
+    }
+
     /// The SPF verifier (shared, for example to keep a cache across reloads).
     pub fn spf_verifier(&self) -> &Arc<dyn SpfVerifier> {
         &self.inner.spf

@@ -2,8 +2,8 @@
 //! verdicts into milter replies. Nothing here decides anything.
 
 use indymilter::{
-    Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, NegotiateContext,
-    ProtoOpts, SetErrorReply, SmtpReply, SocketInfo, Status,
+    Actions, Callbacks, ContextActions, EomContext, MacroStage, NegotiateContext, ProtoOpts,
+    SetErrorReply, SmtpReply, SocketInfo, Status,
 };
 use nobounce_core::{EngineSource, Session, Verdict};
 use std::{
@@ -13,19 +13,33 @@ use std::{
 };
 use tracing::{error, warn};
 
-/// Macros we ask the MTA for, per stage (Postfix honours the request).
+/// The macros nobounce reads, per stage, and only those (Postfix and
+/// Sendmail honour the request): the MTA's name `j` and the client's
+/// address (for a client on a unix socket) at connect; the queue id `i`
+/// for the logs; `{auth_authen}` (authenticated sessions are never banned
+/// nor SPF-checked by default) at MAIL; `{rcpt_mailer}` and `{rcpt_host}`
+/// (the MTA's own rejection and its status) at RCPT. Empty lists ask for
+/// nothing at stages nobounce does not read macros at.
 const MACROS: &[(MacroStage, &str)] = &[
-    (
-        MacroStage::Connect,
-        "j {client_addr} {client_name} {daemon_name}",
-    ),
-    (MacroStage::Helo, "{tls_version}"),
-    (MacroStage::Mail, "i {auth_authen} {mail_addr}"),
-    (MacroStage::Rcpt, "i {rcpt_addr} {rcpt_host} {rcpt_mailer}"),
-    (MacroStage::Data, "i"),
-    (MacroStage::Eoh, "i"),
+    (MacroStage::Connect, "j {client_addr}"),
+    (MacroStage::Helo, ""),
+    (MacroStage::Mail, "i {auth_authen}"),
+    (MacroStage::Rcpt, "i {rcpt_mailer} {rcpt_host}"),
+    (MacroStage::Data, ""),
+    (MacroStage::Eoh, ""),
     (MacroStage::Eom, "i"),
 ];
+
+/// Stages nobounce never reads: the MTA skips them (`SMFIP_NO*`).
+const SKIPPED: ProtoOpts = ProtoOpts::NO_DATA
+    .union(ProtoOpts::NO_EOH)
+    .union(ProtoOpts::NO_BODY)
+    .union(ProtoOpts::NO_UNKNOWN);
+
+/// Stages at which nobounce always continues: the MTA does not wait for a
+/// reply (`SMFIP_NR_*`, milter protocol 6). A ban is told at MAIL FROM, so
+/// connect and HELO never refuse.
+const NO_REPLY: ProtoOpts = ProtoOpts::NOREPLY_CONNECT.union(ProtoOpts::NOREPLY_HELO);
 
 fn macro_str<'a>(macros: &'a indymilter::Macros, name: &CStr) -> Option<&'a str> {
     macros.get(name).and_then(|v| v.to_str().ok())
@@ -55,43 +69,59 @@ pub fn apply_verdict(reply: &mut SmtpReply, verdict: &Verdict) -> Status {
     status
 }
 
-/// One milter connection: the engine session of the current configuration.
+/// One milter connection: the engine session of the generation current at
+/// negotiation, and the stages negotiated without reply.
 #[derive(Debug)]
 pub struct Conn {
     session: Session,
+    no_reply: ProtoOpts,
 }
 
-fn session<T: Send>(ctx: &mut Context<T>) -> Option<&mut T> {
-    ctx.data.as_mut()
+impl Conn {
+    /// The status for a stage answered `verdict`: `Noreply` when the stage
+    /// was negotiated without reply (the verdict is then always continue).
+    fn status(&self, stage: ProtoOpts, reply: &mut SmtpReply, verdict: &Verdict) -> Status {
+        if self.no_reply.contains(stage) {
+            debug_assert_eq!(verdict, &Verdict::Continue);
+            Status::Noreply
+        } else {
+            apply_verdict(reply, verdict)
+        }
+    }
 }
 
-/// Builds the callbacks; each connection takes its engine from `engines`.
+/// Builds the callbacks; each connection takes its engine from `engines`
+/// when it negotiates.
 pub fn callbacks(engines: Arc<dyn EngineSource>) -> Callbacks<Conn> {
     Callbacks::new()
-        .on_negotiate(|ctx: &mut NegotiateContext<Conn>, actions, opts| {
-            Box::pin(async move { negotiate(ctx, actions, opts) })
-        })
-        .on_connect(move |ctx, hostname, socket_info| {
+        .on_negotiate(move |ctx: &mut NegotiateContext<Conn>, actions, opts| {
             let engine = engines.engine();
+            Box::pin(async move { negotiate(ctx, actions, opts, engine) })
+        })
+        .on_connect(|ctx, hostname, socket_info| {
             Box::pin(async move {
                 let ip: Option<IpAddr> = match socket_info {
                     SocketInfo::Inet(addr) => Some(addr.ip()),
                     _ => macro_str(&ctx.macros, c"{client_addr}").and_then(|a| a.parse().ok()),
                 };
                 let mta = macro_str(&ctx.macros, c"j").map(str::to_owned);
-                let mut session = engine.session();
-                let verdict = session.connect(ip, &lossy(&hostname), mta.as_deref()).await;
-                ctx.data = Some(Conn { session });
-                apply_verdict(&mut ctx.reply, &verdict)
+                let Some(conn) = ctx.data.as_mut() else {
+                    return Status::Continue;
+                };
+                let verdict = conn
+                    .session
+                    .connect(ip, &lossy(&hostname), mta.as_deref())
+                    .await;
+                conn.status(ProtoOpts::NOREPLY_CONNECT, &mut ctx.reply, &verdict)
             })
         })
         .on_helo(|ctx, helo| {
             Box::pin(async move {
-                let Some(conn) = session(ctx) else {
+                let Some(conn) = ctx.data.as_mut() else {
                     return Status::Continue;
                 };
                 let verdict = conn.session.helo(&lossy(&helo)).await;
-                apply_verdict(&mut ctx.reply, &verdict)
+                conn.status(ProtoOpts::NOREPLY_HELO, &mut ctx.reply, &verdict)
             })
         })
         .on_mail(|ctx, args| {
@@ -137,10 +167,15 @@ pub fn callbacks(engines: Arc<dyn EngineSource>) -> Callbacks<Conn> {
         })
         .on_header(|ctx, name, value| {
             Box::pin(async move {
-                if let Some(conn) = ctx.data.as_mut() {
-                    conn.session.header(&lossy(&name), &lossy(&value));
-                }
-                Status::Continue
+                let Some(conn) = ctx.data.as_mut() else {
+                    return Status::Continue;
+                };
+                conn.session.header(&lossy(&name), &lossy(&value));
+                conn.status(
+                    ProtoOpts::NOREPLY_HEADER,
+                    &mut ctx.reply,
+                    &Verdict::Continue,
+                )
             })
         })
         .on_eom(|ctx: &mut EomContext<Conn>| {
@@ -184,22 +219,44 @@ pub fn callbacks(engines: Arc<dyn EngineSource>) -> Callbacks<Conn> {
         })
         .on_close(|ctx| {
             Box::pin(async move {
-                ctx.data = None;
+                // The next SMTP session on this milter connection (Sendmail
+                // may reuse one) starts afresh with the same generation.
+                if let Some(conn) = ctx.data.as_mut() {
+                    conn.session = conn.session.engine().session();
+                }
                 Status::Continue
             })
         })
 }
 
-fn negotiate(ctx: &mut NegotiateContext<Conn>, actions: Actions, opts: ProtoOpts) -> Status {
-    let wanted = Actions::ADD_HEADER | Actions::CHANGE_HEADER;
-    if !actions.contains(wanted) {
+/// Asks for the least protocol work the engine needs, among what the MTA
+/// offers: no stage it never reads, no reply where it always continues,
+/// only the macros it reads. Headers are read only while a header rule is
+/// active (forged `Authentication-Results`), without a reply. What the MTA
+/// does not offer is simply not asked for: the callbacks then answer as
+/// usual.
+fn negotiate(
+    ctx: &mut NegotiateContext<Conn>,
+    actions: Actions,
+    opts: ProtoOpts,
+    engine: nobounce_core::Engine,
+) -> Status {
+    let wanted_actions = if engine.edits_headers() {
+        Actions::ADD_HEADER | Actions::CHANGE_HEADER
+    } else {
+        Actions::empty()
+    };
+    if !actions.contains(wanted_actions) {
         warn!("MTA does not offer header actions; SPF headers will not be added");
     }
-    ctx.requested_actions = actions & (wanted | Actions::REQUEST_MACROS);
-    // We do not look at the body, nor at unknown commands.
-    let mut requested = opts & (ProtoOpts::NO_BODY | ProtoOpts::NO_UNKNOWN | ProtoOpts::NO_DATA);
+    ctx.requested_actions = actions & (wanted_actions | Actions::REQUEST_MACROS);
+    let (headers, header_reply) = if engine.reads_headers() {
+        (ProtoOpts::empty(), ProtoOpts::NOREPLY_HEADER)
+    } else {
+        (ProtoOpts::NO_HEADER, ProtoOpts::empty())
+    };
     // See the recipients the MTA rejected itself (dictionary attacks).
-    requested |= opts & ProtoOpts::REJECTED_RCPT;
+    let requested = opts & (SKIPPED | headers | NO_REPLY | header_reply | ProtoOpts::REJECTED_RCPT);
     ctx.requested_opts = requested;
     if actions.contains(Actions::REQUEST_MACROS) {
         for (stage, list) in MACROS {
@@ -208,5 +265,9 @@ fn negotiate(ctx: &mut NegotiateContext<Conn>, actions: Actions, opts: ProtoOpts
             }
         }
     }
+    ctx.data = Some(Conn {
+        session: engine.session(),
+        no_reply: requested & (NO_REPLY | ProtoOpts::NOREPLY_HEADER),
+    });
     Status::Continue
 }

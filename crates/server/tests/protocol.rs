@@ -87,8 +87,8 @@ async fn open(addr: SocketAddr, helo: &str) -> TestConnection {
         .connect("client.example", (CLIENT, 40000))
         .await
         .expect("connect");
-    assert_eq!(st, Status::Continue);
-    assert_eq!(conn.helo(helo).await.expect("helo"), Status::Continue);
+    assert_eq!(st, Status::Noreply, "connect is negotiated without reply");
+    assert_eq!(conn.helo(helo).await.expect("helo"), Status::Noreply);
     conn
 }
 
@@ -121,6 +121,116 @@ async fn negotiation_requests_header_actions_and_macros() {
         .unwrap()
         .contains('j'));
     conn.close().await.expect("close");
+    m.stop().await;
+}
+
+/// Issue 8: the least protocol work. No stage nobounce never reads (DATA,
+/// end of headers, body, unknown commands), no reply where it always
+/// continues (connect, HELO, each header), only the macros it reads.
+#[tokio::test]
+async fn issue8_negotiates_the_least_protocol_work() {
+    use indymilter_test::ProtoOpts;
+    let dns = dns().await;
+    let m = start(&dns, "").await;
+    let mut conn = open(m.addr, "mx.pass.test").await;
+    let opts = conn.negotiated_opts();
+    for skipped in [
+        ProtoOpts::NO_DATA,
+        ProtoOpts::NO_EOH,
+        ProtoOpts::NO_BODY,
+        ProtoOpts::NO_UNKNOWN,
+    ] {
+        assert!(opts.contains(skipped), "{skipped:?} in {opts:?}");
+    }
+    for no_reply in [
+        ProtoOpts::NOREPLY_CONNECT,
+        ProtoOpts::NOREPLY_HELO,
+        ProtoOpts::NOREPLY_HEADER,
+    ] {
+        assert!(opts.contains(no_reply), "{no_reply:?} in {opts:?}");
+    }
+    assert!(!opts.contains(ProtoOpts::NOREPLY_MAIL) && !opts.contains(ProtoOpts::NOREPLY_RCPT));
+    let macros = conn.requested_macros();
+    assert_eq!(
+        macros[&MacroStage::Connect].to_str().unwrap(),
+        "j {client_addr}"
+    );
+    assert_eq!(macros[&MacroStage::Helo].to_str().unwrap(), "");
+
+    // A header gets no reply: the milter sends nothing, and the next reply
+    // read (end of message) is the right one.
+    assert_eq!(
+        conn.mail(["<joe@pass.test>"]).await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.rcpt(["<you@local.test>"]).await.unwrap(),
+        Status::Continue
+    );
+    for i in 0..12 {
+        let st = conn.header(format!("X-Header-{i}"), "value").await.unwrap();
+        assert_eq!(st, Status::Noreply);
+    }
+    let (actions, status) = conn.eom().await.unwrap();
+    assert_eq!(status, Status::Continue);
+    assert!(actions.has_insert_header(0, "Received-SPF", indymilter_test::any()));
+    conn.close().await.unwrap();
+
+    // Without a header rule (SPF off), headers are not even sent.
+    let m2 = start(&dns, "enabled = false\n").await;
+    let conn = TestConnection::open(m2.addr).await.expect("negotiate");
+    assert!(conn.negotiated_opts().contains(ProtoOpts::NO_HEADER));
+    assert!(!conn
+        .negotiated_actions()
+        .contains(indymilter_test::Actions::ADD_HEADER));
+    conn.close().await.unwrap();
+    m2.stop().await;
+    m.stop().await;
+}
+
+/// Issue 8: an MTA that offers no no-reply option gets replies as usual.
+#[tokio::test]
+async fn issue8_without_no_reply_options_every_stage_is_answered() {
+    use indymilter_test::ProtoOpts;
+    let dns = dns().await;
+    let m = start(&dns, "").await;
+    let offered = ProtoOpts::all()
+        - (ProtoOpts::NOREPLY_CONNECT
+            | ProtoOpts::NOREPLY_HELO
+            | ProtoOpts::NOREPLY_HEADER
+            | ProtoOpts::NOREPLY_MAIL
+            | ProtoOpts::NOREPLY_RCPT
+            | ProtoOpts::NOREPLY_DATA
+            | ProtoOpts::NOREPLY_EOH
+            | ProtoOpts::NOREPLY_BODY
+            | ProtoOpts::NOREPLY_UNKNOWN);
+    let mut conn = TestConnection::configure()
+        .available_opts(offered)
+        .open_tcp(m.addr)
+        .await
+        .expect("negotiate");
+    assert_eq!(
+        conn.connect("client.example", (CLIENT, 40000))
+            .await
+            .unwrap(),
+        Status::Continue
+    );
+    assert_eq!(conn.helo("mx.pass.test").await.unwrap(), Status::Continue);
+    assert_eq!(
+        conn.mail(["<joe@pass.test>"]).await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.rcpt(["<you@local.test>"]).await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.header("Subject", "hi").await.unwrap(),
+        Status::Continue
+    );
+    let (_, status) = conn.eom().await.unwrap();
+    assert_eq!(status, Status::Continue);
+    conn.close().await.unwrap();
     m.stop().await;
 }
 
@@ -160,9 +270,8 @@ async fn spf_pass_gets_headers_at_end_of_message() {
     );
     assert_eq!(
         conn.header("Subject", "hello").await.unwrap(),
-        Status::Continue
+        Status::Noreply
     );
-    assert_eq!(conn.eoh().await.unwrap(), Status::Continue);
     let (actions, st) = conn.eom().await.expect("eom");
     assert_eq!(st, Status::Continue);
     let mut inserted = Vec::new();
@@ -213,7 +322,6 @@ async fn forged_authentication_results_with_our_id_are_deleted() {
     )
     .await
     .unwrap();
-    conn.eoh().await.unwrap();
     let (actions, _) = conn.eom().await.unwrap();
     let deleted: Vec<i32> = actions
         .actions
@@ -253,7 +361,6 @@ async fn issue13_forged_authentication_results_in_every_form_are_deleted() {
     ] {
         conn.header("Authentication-Results", value).await.unwrap();
     }
-    conn.eoh().await.unwrap();
     let (actions, _) = conn.eom().await.unwrap();
     let deleted: Vec<i32> = actions
         .actions
@@ -276,7 +383,6 @@ async fn issue13_forged_authentication_results_in_every_form_are_deleted() {
             .await
             .unwrap();
     }
-    conn.eoh().await.unwrap();
     let (_, status) = conn.eom().await.unwrap();
     assert!(reply_text(&status).starts_with("550 5.7.1 "), "{status:?}");
     conn.close().await.unwrap();
