@@ -31,8 +31,8 @@ mod wire;
 pub mod workload;
 
 pub use crate::{
-    load::{run_hold, run_load, HoldConfig, LoadConfig},
-    noop::{run_noop_milter, NoDelayListener, NoopConfig},
+    load::{process_cpu, run_hold, run_load, HoldConfig, LoadConfig},
+    noop::{run_noop_milter, NoDelayListener, NoopConfig, NoopMode},
     report::{HoldReport, LatencySummary, LoadReport},
     session::{Stage, StageError, Status},
     target::Target,

@@ -36,6 +36,9 @@ pub struct LoadConfig {
     pub timeout: Duration,
     /// What to send.
     pub workload: Workload,
+    /// The milter's process, whose CPU time the report gives per
+    /// transaction (Linux `/proc`). Default none.
+    pub target_pid: Option<u32>,
 }
 
 impl LoadConfig {
@@ -49,8 +52,22 @@ impl LoadConfig {
             warmup: 0,
             timeout: Duration::from_secs(10),
             workload: Workload::default(),
+            target_pid: None,
         }
     }
+}
+
+/// The CPU time (user + system, all threads) process `pid` has used so
+/// far, from `/proc/PID/stat`.
+pub fn process_cpu(pid: u32) -> Option<Duration> {
+    // /proc counts in USER_HZ ticks, 100 per second on every Linux ABI.
+    const USER_HZ: u64 = 100;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields start after its ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 1000 / USER_HZ))
 }
 
 /// Counts of one worker, merged at the end.
@@ -246,9 +263,19 @@ pub async fn run_load(config: &LoadConfig) -> LoadReport {
             "warm-up done"
         );
     }
+    let cpu_before = config.target_pid.and_then(process_cpu);
     let (mut t, elapsed) = run_phase(config, 0, config.transactions).await;
+    let cpu = config
+        .target_pid
+        .and_then(process_cpu)
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     let secs = elapsed.as_secs_f64();
     LoadReport {
+        target_cpu_secs: cpu.map(|c| c.as_secs_f64()),
+        target_cpu_us_per_txn: cpu
+            .filter(|_| t.completed > 0)
+            .map(|c| c.as_secs_f64() * 1e6 / t.completed as f64),
         target: config.target.to_string(),
         transactions: config.transactions,
         completed: t.completed,

@@ -99,6 +99,11 @@ pub struct LoadReport {
     pub elapsed_secs: f64,
     /// `completed / elapsed_secs`.
     pub transactions_per_sec: f64,
+    /// CPU time the milter's process used during the measured run, when its
+    /// pid was given.
+    pub target_cpu_secs: Option<f64>,
+    /// The same per completed transaction, in microseconds.
+    pub target_cpu_us_per_txn: Option<f64>,
     /// Per transaction, from queueing MAIL to the final reply (transactions
     /// decided at connect or helo have none).
     pub latency: LatencySummary,
@@ -143,6 +148,9 @@ impl Display for LoadReport {
             "throughput:    {:.1} transactions/s",
             self.transactions_per_sec
         )?;
+        if let (Some(secs), Some(per)) = (self.target_cpu_secs, self.target_cpu_us_per_txn) {
+            writeln!(f, "milter CPU:    {secs:.2} s, {per:.0} µs/transaction")?;
+        }
         writeln!(f, "latency:       {}", self.latency)?;
         writeln!(f, "setup latency: {}", self.setup_latency)?;
         if self.rejected_recipients > 0 {

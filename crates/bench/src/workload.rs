@@ -35,8 +35,11 @@ pub struct Workload {
     pub rcpt_users: u32,
     /// Recipient domain. Default `rcpt.bench.test`.
     pub rcpt_domain: String,
-    /// Send two headers and a small body before end-of-message. Default false.
-    pub headers: bool,
+    /// Headers per message, as Postfix passes them: names and lengths of a
+    /// real message (see [`header`]); a small body goes with them. `0`:
+    /// no headers, no body. Default 12 (a Postfix message usually carries
+    /// 10 to 20).
+    pub headers: usize,
 }
 
 impl Default for Workload {
@@ -52,8 +55,47 @@ impl Default for Workload {
             recipients: 1,
             rcpt_users: 100,
             rcpt_domain: "rcpt.bench.test".into(),
-            headers: false,
+            headers: 12,
         }
+    }
+}
+
+/// The `n`-th header of a message (0-based) from `sender` with queue id
+/// `queue_id`: the headers of a real message as Postfix passes them to a
+/// milter, in their usual order and with their usual lengths (trace
+/// headers and a DKIM signature are long). Past the 20 kinds, more
+/// `Received` headers come (a message that went through many hops).
+pub fn header(n: usize, sender: &str, queue_id: &str) -> (&'static str, String) {
+    let received = |hop: usize| {
+        format!(
+            "from mail{hop}.d.bench.test (mail{hop}.d.bench.test [198.51.100.{}]) by mx.bench.test (Postfix) with ESMTPS id {queue_id} for <user@rcpt.bench.test>; Sun, 29 Nov 2026 11:{:02}:{:02} +0000 (UTC)",
+            hop % 250 + 1,
+            hop % 60,
+            (hop * 7) % 60
+        )
+    };
+    match n {
+        0 => ("Received", received(0)),
+        1 => ("Received", received(1)),
+        2 => ("DKIM-Signature", format!("v=1; a=rsa-sha256; c=relaxed/relaxed; d=d.bench.test; s=s2026; t=1795780800; bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=; h=From:To:Subject:Date:Message-ID; b={}", "kB3nJ9xQ2zT8vL0mR5sW7yE1uP4cA6dF".repeat(8))),
+        3 => ("From", format!("Bench Sender <{sender}>")),
+        4 => ("To", "Bench Recipient <user@rcpt.bench.test>".into()),
+        5 => ("Subject", format!("Benchmark message {queue_id}")),
+        6 => ("Date", "Sun, 29 Nov 2026 11:09:09 +0000".into()),
+        7 => ("Message-ID", format!("<{queue_id}.bench@d.bench.test>")),
+        8 => ("MIME-Version", "1.0".into()),
+        9 => ("Content-Type", "text/plain; charset=utf-8; format=flowed".into()),
+        10 => ("Content-Transfer-Encoding", "8bit".into()),
+        11 => ("Authentication-Results", "mx.upstream.test; dkim=pass header.d=d.bench.test; spf=pass smtp.mailfrom=d.bench.test".into()),
+        12 => ("Reply-To", format!("<{sender}>")),
+        13 => ("List-Unsubscribe", "<mailto:unsubscribe@d.bench.test?subject=unsubscribe>, <https://d.bench.test/u/1234567890abcdef>".into()),
+        14 => ("List-Id", "Bench list <bench.d.bench.test>".into()),
+        15 => ("X-Mailer", "nobounce-bench".into()),
+        16 => ("Precedence", "bulk".into()),
+        17 => ("Feedback-ID", "1234:5678:bench:d.bench.test".into()),
+        18 => ("X-Spam-Status", "No, score=-0.1 required=5.0 tests=DKIM_SIGNED,DKIM_VALID".into()),
+        19 => ("Received-SPF", "pass (mx.upstream.test: domain of d.bench.test designates 198.51.100.1 as permitted sender)".into()),
+        hop => ("Received", received(hop)),
     }
 }
 

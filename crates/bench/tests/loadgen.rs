@@ -4,7 +4,8 @@
 
 use indymilter::{Actions, Callbacks, Config, ContextActions, SetErrorReply, SocketInfo, Status};
 use nobounce_bench::{
-    run_hold, run_load, run_noop_milter, HoldConfig, LoadConfig, NoopConfig, Target, Workload,
+    run_hold, run_load, run_noop_milter, HoldConfig, LoadConfig, NoopConfig, NoopMode, Target,
+    Workload,
 };
 use std::{
     collections::BTreeMap,
@@ -59,7 +60,7 @@ async fn noop_milter_answers_continue_to_every_transaction() {
         warmup: 20,
         workload: Workload {
             recipients: 2,
-            headers: true,
+            headers: 12,
             macros: true,
             ..Workload::default()
         },
@@ -90,7 +91,7 @@ async fn milter_without_callbacks_is_skipped_to_end_of_message() {
     // indymilter then negotiates NO_CONNECT, NO_MAIL, ... and the load
     // generator must send only end-of-message.
     let milter = start_noop(NoopConfig {
-        callbacks: false,
+        mode: NoopMode::Plain,
         ..NoopConfig::default()
     })
     .await;
@@ -99,7 +100,7 @@ async fn milter_without_callbacks_is_skipped_to_end_of_message() {
         transactions: 200,
         messages_per_connection: 7,
         workload: Workload {
-            headers: true,
+            headers: 12,
             ..Workload::default()
         },
         ..LoadConfig::new(milter.target.clone())
@@ -110,6 +111,56 @@ async fn milter_without_callbacks_is_skipped_to_end_of_message() {
     assert_eq!(report.completed, 200);
     assert_eq!(report.statuses, counts(&[("continue", 200)]));
     milter.stop().await;
+}
+
+/// Issue 8: the policy floor answers HELO, MAIL, RCPT and end of message
+/// only; connect, headers and end of headers go without reply, DATA and the
+/// body are skipped. The load generator honours all of it, and reports the
+/// milter's CPU time per transaction when given its pid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue8_policy_floor_and_cpu_time_per_transaction() {
+    let milter = start_noop(NoopConfig {
+        mode: NoopMode::Policy,
+        ..NoopConfig::default()
+    })
+    .await;
+    let config = LoadConfig {
+        concurrency: 2,
+        transactions: 200,
+        messages_per_connection: 1,
+        workload: Workload {
+            headers: 30,
+            macros: true,
+            ..Workload::default()
+        },
+        // The milter runs in this process.
+        target_pid: Some(std::process::id()),
+        ..LoadConfig::new(milter.target.clone())
+    };
+    let report = run_load(&config).await;
+    assert_eq!(report.errors, BTreeMap::new());
+    assert_eq!(report.statuses, counts(&[("continue", 200)]));
+    assert_eq!(report.connections, 200, "one message per connection");
+    assert!(report.target_cpu_secs.is_some());
+    assert!(report.target_cpu_us_per_txn.is_some());
+    milter.stop().await;
+}
+
+#[test]
+fn postfix_like_headers() {
+    let names: Vec<&str> = (0..12)
+        .map(|n| nobounce_bench::workload::header(n, "a@d.test", "ABC").0)
+        .collect();
+    assert_eq!(
+        &names[..4],
+        ["Received", "Received", "DKIM-Signature", "From"]
+    );
+    let (_, dkim) = nobounce_bench::workload::header(2, "a@d.test", "ABC");
+    assert!(dkim.len() > 300, "a DKIM signature is long");
+    assert_eq!(
+        nobounce_bench::workload::header(25, "a@d.test", "ABC").0,
+        "Received"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,7 +175,7 @@ async fn noop_milter_can_insert_headers_like_a_real_milter() {
         transactions: 50,
         messages_per_connection: 5,
         workload: Workload {
-            headers: true,
+            headers: 12,
             ..Workload::default()
         },
         ..LoadConfig::new(milter.target.clone())

@@ -55,9 +55,11 @@ struct Args {
     /// i and {rcpt_addr} at RCPT; i at end of message.
     #[arg(long)]
     macros: bool,
-    /// Send two headers and a small body before end of message.
-    #[arg(long)]
-    header: bool,
+    /// Headers per message, with Postfix-like names and lengths (Received,
+    /// DKIM-Signature, From, To, Subject, ...), and a small body; 0: none.
+    /// A Postfix message usually carries 10 to 20.
+    #[arg(long, default_value_t = 12)]
+    headers: usize,
     /// Transactions run first and not counted.
     #[arg(long, default_value_t = 0)]
     warmup: u64,
@@ -74,6 +76,10 @@ struct Args {
     /// Runtime worker threads of the load generator.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     threads: u64,
+    /// The milter's process id: the report gives its CPU time per
+    /// transaction.
+    #[arg(long, value_name = "PID")]
+    target_pid: Option<u32>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -101,7 +107,7 @@ fn run(args: Args) -> Result<bool, String> {
         recipients: args.recipients,
         rcpt_users: args.rcpt_users,
         rcpt_domain: args.rcpt_domain,
-        headers: args.header,
+        headers: args.headers,
         ..Workload::default()
     };
     let concurrency = usize::try_from(args.concurrency).map_err(|e| e.to_string())?;
@@ -139,6 +145,7 @@ fn run(args: Args) -> Result<bool, String> {
             warmup: args.warmup,
             timeout,
             workload,
+            target_pid: args.target_pid,
             ..LoadConfig::new(args.milter)
         };
         let report = runtime.block_on(run_load(&config));

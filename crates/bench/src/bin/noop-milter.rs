@@ -16,10 +16,12 @@ struct Args {
     /// Connections served at the same time; more wait in the backlog.
     #[arg(long, default_value_t = 2000)]
     max_connections: usize,
-    /// Register no callbacks at all: the MTA is told to skip every stage
-    /// but end of message.
-    #[arg(long)]
-    no_callbacks: bool,
+    /// all: every stage answered Continue; plain: the plain floor (the
+    /// MTA skips every stage but end of message); policy: the policy floor
+    /// (HELO, MAIL, RCPT and end of message answered; connect, headers and
+    /// end of headers without reply; DATA, body, unknown skipped).
+    #[arg(long, default_value = "all")]
+    mode: nobounce_bench::NoopMode,
     /// Leave TCP_NODELAY off on accepted connections.
     #[arg(long)]
     no_nodelay: bool,
@@ -47,7 +49,7 @@ async fn serve(args: Args) -> Result<(), String> {
     };
     let config = NoopConfig {
         max_connections: args.max_connections,
-        callbacks: !args.no_callbacks,
+        mode: args.mode,
         nodelay: !args.no_nodelay,
         insert_headers: args.insert_headers,
         ..NoopConfig::default()
