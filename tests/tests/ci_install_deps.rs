@@ -51,8 +51,36 @@ fn stubs(dir: &Path, installed: bool, apt_status: i32) -> PathBuf {
     calls
 }
 
+/// The .debs the script downloads (and never installs).
+const DEBS: &[&str] = &[
+    "sendmail-bin",
+    "sendmail-cf",
+    "m4",
+    "libwrap0",
+    "exim4-daemon-light",
+    "libidn12",
+];
+
+/// Runs the script; `debs_present` puts every .deb in its download cache
+/// first.
 fn run(dir: &Path, installed: bool, apt_status: i32) -> (bool, String, PathBuf) {
+    run_with(dir, installed, true, apt_status)
+}
+
+fn run_with(
+    dir: &Path,
+    installed: bool,
+    debs_present: bool,
+    apt_status: i32,
+) -> (bool, String, PathBuf) {
     let calls = stubs(dir, installed, apt_status);
+    let debs = dir.join("debs");
+    fs::create_dir_all(&debs).unwrap();
+    if debs_present {
+        for p in DEBS {
+            fs::write(debs.join(format!("{p}_1.0_amd64.deb")), "").unwrap();
+        }
+    }
     let policy = dir.join("policy-rc.d");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/install-deps");
     let path = format!(
@@ -64,6 +92,7 @@ fn run(dir: &Path, installed: bool, apt_status: i32) -> (bool, String, PathBuf) 
         .arg(&script)
         .env("PATH", path)
         .env("NOBOUNCE_POLICY_RC_D", &policy)
+        .env("NOBOUNCE_DEBS", &debs)
         .output()
         .expect("bash runs");
     let recorded = fs::read_to_string(&calls).unwrap_or_default();
@@ -87,6 +116,7 @@ fn issue13_install_deps_touches_nothing_it_did_not_start() {
     installs_without_stopping_anything();
     a_failed_apt_run_leaves_no_policy_behind();
     keeps_a_policy_it_did_not_create();
+    downloads_missing_debs_without_installing_them();
 }
 
 fn all_installed_stops_nothing() {
@@ -123,4 +153,24 @@ fn keeps_a_policy_it_did_not_create() {
     let (ok, calls, policy) = run(dir.path(), false, 0);
     assert!(ok, "{calls}");
     assert_eq!(fs::read_to_string(&policy).unwrap(), "#!/bin/sh\nexit 0\n");
+}
+
+/// Issue 12: Sendmail and Exim are downloaded for the tests to unpack,
+/// never installed (they would replace Postfix).
+fn downloads_missing_debs_without_installing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, calls, _) = run_with(dir.path(), true, false, 0);
+    assert!(ok, "{calls}");
+    let download = calls
+        .lines()
+        .find(|l| l.starts_with("apt-get download"))
+        .unwrap_or_else(|| panic!("no download: {calls}"));
+    for p in DEBS {
+        assert!(
+            download.split_whitespace().any(|w| w == *p),
+            "{p}: {download}"
+        );
+    }
+    assert!(!calls.contains("apt-get install"), "{calls}");
+    assert_eq!(stops_something(&calls), None, "{calls}");
 }

@@ -12,6 +12,8 @@
 //! - [`require!`] / [`require_binaries`]: skip a test (or fail it with
 //!   `NOBOUNCE_E2E=required`) when a needed program is not installed.
 //! - [`free_port`], [`bind_loopback`]: loopback ports.
+//! - [`debs`]: the Sendmail and Exim .debs, unpacked per test (never
+//!   installed: they conflict with Postfix).
 //! - [`dns`]: [`TestDnsServer`], an authoritative DNS server inside the test
 //!   process, serving the records a test gives it.
 //! - [`LogCapture`]: what nobounce logged on the test's thread.
@@ -85,6 +87,7 @@
 //! ```
 
 mod client;
+pub mod debs;
 pub mod dns;
 mod dovecot;
 mod logs;

@@ -48,8 +48,32 @@ fn companions(binary: &str) -> &'static [&'static str] {
             "/usr/lib/dovecot/lmtp",
             "/usr/lib/dovecot/quota-status",
         ],
+        // Never installed: their .debs are unpacked by each test (see
+        // `crate::debs`), and they run in a mount namespace (Sendmail).
+        "sendmail" => &[
+            "deb:sendmail-bin",
+            "deb:sendmail-cf",
+            "deb:m4",
+            "deb:libwrap0",
+            "dpkg",
+            "unshare",
+        ],
+        "exim" => &["deb:exim4-daemon-light", "deb:libidn12", "dpkg"],
         _ => &[],
     }
+}
+
+/// Whether `name` is there: a program, or a cached .deb for `deb:PACKAGE`.
+fn is_available(name: &str) -> bool {
+    match name.strip_prefix("deb:") {
+        Some(package) => crate::debs::find_deb(package).is_some(),
+        None => find_binary(name).is_some(),
+    }
+}
+
+/// Programs that only root can run as the tests need them.
+fn needs_root(binary: &str) -> bool {
+    matches!(binary, "postfix" | "sendmail" | "exim")
 }
 
 /// Checks that every program in `binaries` is installed; used by
@@ -70,15 +94,15 @@ pub fn require_binaries(test: &str, binaries: &[&str]) -> bool {
                 extra.to_vec()
             }
         })
-        .find(|b| find_binary(b).is_none());
-    let root_missing = binaries.contains(&"postfix") && !running_as_root();
+        .find(|b| !is_available(b));
+    let root_missing = binaries.iter().any(|b| needs_root(b)) && !running_as_root();
     match missing {
         None if root_missing && e2e_required() => {
-            panic!("{test}: Postfix test instances need root, and {E2E_ENV}=required")
+            panic!("{test}: Postfix, Sendmail and Exim test instances need root, and {E2E_ENV}=required")
         }
         None if root_missing => {
             eprintln!(
-                "SKIPPED: {test}: postfix needs root (set {E2E_ENV}=required to make this a failure)"
+                "SKIPPED: {test}: the MTA needs root (set {E2E_ENV}=required to make this a failure)"
             );
             false
         }
