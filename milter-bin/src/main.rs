@@ -35,6 +35,42 @@ enum Command {
     /// configured store: Redis directly, or the running milter's memory
     /// through its control socket.
     Ban(BanArgs),
+    /// The qmail plugin, run by qmail-smtpd for each command: for the
+    /// qmail-spp patch (`[mail]` and `[rcpt]` sections of
+    /// control/smtpplugins) or the RCPTCHECK patch. It reads qmail-smtpd's
+    /// environment (TCPREMOTEIP, SMTPHELOHOST, SMTPMAILFROM, SMTPRCPTTO;
+    /// SENDER and RECIPIENT for RCPTCHECK), asks the running nobounce over
+    /// its policy socket, and prints E<reply> to refuse, R421 ... for a
+    /// ban, nothing to accept (RCPTCHECK: exit 0, 100 or 111). When
+    /// nobounce cannot be reached: E451 (exit 111), so no mail is lost.
+    #[command(name = "qmail-spp")]
+    QmailSpp(QmailArgs),
+}
+
+#[derive(Debug, Args)]
+struct QmailArgs {
+    /// Configuration file of the running nobounce (for [policy] socket).
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The policy socket to ask, instead of the configured one.
+    #[arg(short, long, value_name = "SOCKET")]
+    socket: Option<nobounce_core::Endpoint>,
+    /// The SMTP command the plugin runs at: `mail` in the [mail] section,
+    /// `rcpt` in [rcpt], `rcptcheck` for the RCPTCHECK patch. Default:
+    /// guessed from the environment (give it in [mail]: qmail-spp leaves
+    /// the previous message's SMTPRCPTTO set).
+    #[arg(long, value_enum)]
+    stage: Option<QmailStage>,
+    /// How long to wait for nobounce (qmail-smtpd waits for the plugin).
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    timeout: String,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum QmailStage {
+    Mail,
+    Rcpt,
+    Rcptcheck,
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +131,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Config(ConfigCommand::Check { file }) => check(&file),
         Command::Run(args) => run(args),
+        Command::QmailSpp(args) => qmail_spp(args),
         Command::Ban(args) => match runtime().and_then(|rt| rt.block_on(ban(args))) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -132,6 +169,37 @@ fn check(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn qmail_spp(args: QmailArgs) -> ExitCode {
+    use nobounce_policy::qmail::{plugin, unavailable, Mode};
+    let stage = args.stage.map(|s| match s {
+        QmailStage::Mail => Mode::SppMail,
+        QmailStage::Rcpt => Mode::SppRcpt,
+        QmailStage::Rcptcheck => Mode::RcptCheck,
+    });
+    let endpoint = match (&args.socket, &args.config) {
+        (Some(socket), _) => Ok(Some(socket.clone())),
+        (None, Some(path)) => Config::from_file(path)
+            .map(|c| c.policy.socket)
+            .map_err(|e| e.one_line()),
+        (None, None) => Ok(Config::default().policy.socket),
+    };
+    let outcome = match (nobounce_config::parse_duration(&args.timeout), runtime()) {
+        (Ok(timeout), Ok(rt)) => rt.block_on(plugin(
+            |name| std::env::var(name).ok(),
+            stage,
+            endpoint,
+            timeout,
+        )),
+        (Err(e), _) => unavailable(stage, format!("--timeout: {e}")),
+        (_, Err(e)) => unavailable(stage, e),
+    };
+    if let Some(w) = &outcome.warning {
+        eprintln!("{w}");
+    }
+    print!("{}", outcome.stdout);
+    ExitCode::from(outcome.exit)
 }
 
 fn print_ban(b: &Ban) {

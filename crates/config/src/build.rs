@@ -6,10 +6,10 @@ use crate::{
     locate::Source,
     raw::{
         RawBackend, RawCache, RawConfig, RawDictionary, RawDns, RawDuration, RawLog, RawMilter,
-        RawRecipients, RawRedis, RawSpf, RawStore,
+        RawPolicy, RawRecipients, RawRedis, RawSpf, RawStore,
     },
     Config, ConfigError, ConfigErrors, ControlSocket, DnsConfig, LogConfig, MilterConfig,
-    RecipientsSection, SourceRef, StoreBackend, StoreConfig,
+    PolicyConfig, RecipientsSection, SourceRef, StoreBackend, StoreConfig,
 };
 use ipnet::IpNet;
 use nobounce_core::{
@@ -244,6 +244,13 @@ impl<'a> Builder<'a> {
             Duration::from_secs(600),
         );
         let socket = self.socket(raw.socket);
+        let policy = self.policy(raw.policy.unwrap_or_default());
+        if policy.socket.as_ref() == Some(&socket) {
+            self.err(
+                "policy.socket",
+                format!("{socket} is the milter's socket already: give the policy service its own"),
+            );
+        }
         let spf = self.spf(raw.spf.unwrap_or_default(), command_timeout);
         let recipients = self.recipients(raw.recipients.unwrap_or_default(), command_timeout);
         let store = self.store(raw.store.unwrap_or_default(), command_timeout);
@@ -253,12 +260,52 @@ impl<'a> Builder<'a> {
             command_timeout,
             log: self.log(raw.log.unwrap_or_default()),
             milter: self.milter(raw.milter.unwrap_or_default()),
+            policy,
             dns: self.dns(raw.dns.unwrap_or_default(), command_timeout),
             spf,
             recipients,
             dictionary: self.dictionary(raw.dictionary.unwrap_or_default()),
             store,
             source: SourceRef(None),
+        }
+    }
+
+    fn policy(&mut self, raw: RawPolicy) -> PolicyConfig {
+        let socket = match raw.socket.filter(|s| !s.trim().is_empty()) {
+            None => None,
+            Some(text) => match text.parse::<Endpoint>() {
+                Ok(e) => match e.listen_addr() {
+                    Ok(_) => Some(e),
+                    Err(why) => {
+                        self.err("policy.socket", why);
+                        None
+                    }
+                },
+                Err(why) => {
+                    self.err("policy.socket", why);
+                    None
+                }
+            },
+        };
+        PolicyConfig {
+            socket,
+            max_connections: self.number(
+                "policy.max_connections",
+                raw.max_connections,
+                1000,
+                1,
+                100_000,
+            ),
+            idle_timeout: self.duration(
+                "policy",
+                "idle_timeout",
+                raw.idle_timeout,
+                None,
+                Unit::Secs,
+                Duration::from_secs(330),
+                SECOND,
+                DAY,
+            ),
         }
     }
 

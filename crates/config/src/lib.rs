@@ -63,6 +63,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[milter]`.
     pub milter: MilterConfig,
+    /// `[policy]`.
+    pub policy: PolicyConfig,
     /// `[dns]`.
     pub dns: DnsConfig,
     /// `[spf]`.
@@ -106,6 +108,34 @@ pub struct MilterConfig {
     /// primary group.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_group: Option<String>,
+}
+
+/// `[policy]`: the Postfix SMTP access policy delegation service, for
+/// Postfix `check_policy_service`, Exim `${readsocket}` and the qmail
+/// plugin. Restart to change.
+#[derive(Clone, Debug, Eq, PartialEq, Serialize)]
+pub struct PolicyConfig {
+    /// Where it listens (`inet:HOST:PORT` or `unix:PATH`); `None` (absent
+    /// or `""`, the default): no policy service. A unix socket gets the
+    /// mode, owner and group of `[milter]`.
+    #[serde(serialize_with = "serialize_optional_endpoint")]
+    pub socket: Option<Endpoint>,
+    /// Connections served at once. Default 1000.
+    pub max_connections: usize,
+    /// How long a connection may wait for its next request. Default 330 s,
+    /// longer than Postfix's 300 s, so that Postfix closes first.
+    #[serde(serialize_with = "serialize_duration")]
+    pub idle_timeout: Duration,
+}
+
+fn serialize_optional_endpoint<S: Serializer>(
+    e: &Option<Endpoint>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match e {
+        Some(e) => s.collect_str(e),
+        None => s.serialize_str(""),
+    }
 }
 
 /// `[dns]`.

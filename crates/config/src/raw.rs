@@ -68,6 +68,7 @@ raw_table!(
         command_timeout: RawDuration,
         log: RawLog,
         milter: RawMilter,
+        policy: RawPolicy,
         dns: RawDns,
         spf: RawSpf,
         recipients: RawRecipients,
@@ -90,6 +91,15 @@ raw_table!(
         socket_mode: String,
         socket_owner: String,
         socket_group: String,
+    }
+);
+
+raw_table!(
+    /// `[policy]`.
+    RawPolicy {
+        socket: String,
+        max_connections: i64,
+        idle_timeout: RawDuration,
     }
 );
 

@@ -87,6 +87,14 @@ fn issue14_errors_are_at_their_own_line_in_every_table() {
         ("[spf]\nenabled = true\non_temperror = \"reject\"\n", 3, "spf.on_temperror"),
         ("[spf]\nheaders = [\"Received-SPF\", \"X-Bogus\"]\n", 2, "spf.headers[1]"),
         ("[milter]\nsocket_mode = \"0666\"\n", 2, "milter.socket_mode"),
+        ("[policy]\nsocket = \"inet:mx.example:8895\"\n", 2, "policy.socket"),
+        ("[policy]\nsocket = \"tcp:1\"\n", 2, "policy.socket"),
+        (
+            "socket = \"inet:127.0.0.1:8895\"\n[policy]\nsocket = \"inet:127.0.0.1:8895\"\n",
+            3,
+            "policy.socket",
+        ),
+        ("[policy]\nidle_timeout = \"0s\"\n", 2, "policy.idle_timeout"),
     ];
     for (text, line, key) in cases {
         let e = error_of(text);

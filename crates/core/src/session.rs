@@ -54,6 +54,10 @@ pub struct EomPlan {
 /// message to the MTA; issue 13, item 11).
 pub const MAX_FORGED_AR: usize = 32;
 
+/// Accepted recipients a session remembers per message; past it the
+/// end-of-data size check (one recipient only) has nothing to do anyway.
+const MAX_TRACKED_RECIPIENTS: usize = 2;
+
 #[derive(Debug, Default)]
 struct Connection {
     client_ip: Option<IpAddr>,
@@ -73,6 +77,8 @@ struct Message {
     authenticated: bool,
     declared_size: Option<u64>,
     spf: Option<SpfOutcome>,
+    /// Recipients accepted so far (for the real-size check at end of data).
+    recipients: Vec<String>,
     ar_headers_seen: usize,
     forged_ar: Vec<usize>,
 }
@@ -449,7 +455,48 @@ impl Session {
         {
             warn!(client_ip = %display_ip(self.conn.client_ip), "state store too slow, unknown recipient not counted");
         }
-        self.finish(Stage::RcptTo, verdict)
+        let verdict = self.finish(Stage::RcptTo, verdict);
+        if verdict == Verdict::Continue && self.msg.recipients.len() < MAX_TRACKED_RECIPIENTS {
+            self.msg.recipients.push(text);
+        }
+        verdict
+    }
+
+    /// End of data, with the message's real `size` in bytes (the MAIL SIZE
+    /// was only the client's promise, often absent). When the message has
+    /// exactly one recipient, its mailbox is asked again with the real
+    /// size: a full, disabled or vanished mailbox is refused now, while the
+    /// client is still connected, instead of bounced after delivery fails.
+    /// With several recipients nothing is refused: a refusal at end of data
+    /// would refuse the message for every recipient.
+    pub async fn end_of_data(&mut self, size: u64) -> Verdict {
+        let [recipient] = self.msg.recipients.as_slice() else {
+            return Verdict::Continue;
+        };
+        let Some(directory) = self.engine.inner.directory.clone() else {
+            return Verdict::Continue;
+        };
+        let recipient = recipient.clone();
+        let query = RecipientQuery {
+            address: &recipient,
+            declared_size: Some(size),
+            null_sender: self
+                .msg
+                .sender
+                .as_ref()
+                .is_some_and(EnvelopeAddress::is_null),
+        };
+        let answer = tokio::time::timeout(self.command_timeout(), directory.lookup(&query))
+            .await
+            .unwrap_or_else(|_| {
+                Err(DirectoryError::new(format!(
+                    "no answer within the command deadline ({})",
+                    humantime::format_duration(self.command_timeout())
+                )))
+            });
+        let (verdict, _) =
+            recipient::decide(&self.engine.inner.config.recipients, &recipient, answer);
+        self.finish(Stage::EndOfMessage, verdict)
     }
 
     /// A recipient the MTA rejected itself (seen with `SMFIP_RCPT_REJ`),

@@ -12,8 +12,8 @@
 //!   the state store, which lives as long as the process. [`check`] builds
 //!   everything a configuration describes without binding a socket.
 //! - [`control`]: ban administration and the local control socket.
-//! - [`listen`]: binding the milter's TCP or unix socket (mode, owner,
-//!   group).
+//! - [`listen`]: binding the milter's and the policy service's TCP or unix
+//!   sockets (mode, owner, group).
 //! - [`logging`]: the daemon's log, with a level a reload can change.
 //! - [`run`]: all of it together until shutdown.
 
@@ -53,7 +53,8 @@ pub enum RunError {
 }
 
 /// Runs nobounce on `listener` with `config` until `shutdown` completes,
-/// then lets open connections finish.
+/// then lets open connections finish. The policy service of `[policy]`
+/// runs beside the milter, on the same engines.
 ///
 /// Each configuration received on `reload` becomes the new generation, whole
 /// or not at all (a failed build is logged and changes nothing). The control
@@ -71,8 +72,33 @@ pub async fn run(
     };
     let socket = config.socket.clone();
     let control_path = config.store.control_socket.path();
+    let policy_options = nobounce_policy::PolicyOptions {
+        max_connections: config.policy.max_connections,
+        idle_timeout: config.policy.idle_timeout,
+    };
+    let policy_socket = config.policy.socket.clone();
+    let policy_listener = listen::bind_policy(&config)
+        .await
+        .map_err(|source| RunError::Io {
+            what: format!(
+                "cannot listen on the policy socket {}",
+                policy_socket
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ),
+            source,
+        })?;
     let service = Service::new(config)?;
     let maintenance = service.spawn_maintenance();
+    // One shutdown for the milter and the policy service.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
 
     let control = match &control_path {
         Some(path) => {
@@ -118,16 +144,51 @@ pub async fn run(
         "nobounce listening"
     );
     let engines: Arc<dyn nobounce_core::EngineSource> = Arc::new(service.clone());
-    let served = match listener {
-        MilterListener::Tcp(l) => {
-            nobounce_milter::serve(NoDelay(l), engines, options, shutdown).await
-        }
-        MilterListener::Unix(l, path) => {
-            let result = nobounce_milter::serve(l, engines, options, shutdown).await;
-            let _ = std::fs::remove_file(path);
-            result
+    let policy = policy_listener.map(|(listener, path)| {
+        info!(
+            event = "policy_listening",
+            socket = %policy_socket.as_ref().map(ToString::to_string).unwrap_or_default(),
+            "policy service listening"
+        );
+        let engines = Arc::clone(&engines);
+        let stopped = until_stopped();
+        tokio::spawn(async move {
+            let served = nobounce_policy::serve(listener, engines, policy_options, stopped).await;
+            if let Some(path) = path {
+                let _ = std::fs::remove_file(path);
+            }
+            served
+        })
+    });
+    let milter = async {
+        match listener {
+            MilterListener::Tcp(l) => {
+                nobounce_milter::serve(NoDelay(l), engines, options, until_stopped()).await
+            }
+            MilterListener::Unix(l, path) => {
+                let result = nobounce_milter::serve(l, engines, options, until_stopped()).await;
+                let _ = std::fs::remove_file(path);
+                result
+            }
         }
     };
+    tokio::pin!(milter);
+    let served = tokio::select! {
+        served = &mut milter => served,
+        () = shutdown => {
+            let _ = stop.send(true);
+            milter.await
+        }
+    };
+    // The milter may also end by failing: the policy service ends with it.
+    let _ = stop.send(true);
+    if let Some(policy) = policy {
+        match policy.await {
+            Ok(Err(e)) => warn!(event = "policy_failed", "policy service failed: {e}"),
+            Err(e) => warn!(event = "policy_failed", "policy service failed: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
     reloads.abort();
     for task in maintenance {
         task.abort();

@@ -104,6 +104,41 @@ impl MilterListener {
     }
 }
 
+/// Binds the policy service's socket of `config`, if it has one. A unix
+/// socket gets `[milter]`'s mode, owner and group, and replaces a socket
+/// file left by an earlier run; its path is returned for removal at the
+/// end.
+pub async fn bind_policy(
+    config: &Config,
+) -> io::Result<Option<(nobounce_policy::PolicyListener, Option<PathBuf>)>> {
+    use nobounce_policy::PolicyListener;
+    let Some(endpoint) = &config.policy.socket else {
+        return Ok(None);
+    };
+    Ok(Some(match endpoint {
+        Endpoint::Unix(path) => {
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+                std::fs::remove_file(path)?;
+            }
+            let m = &config.milter;
+            let listener = bind_unix(
+                path,
+                m.socket_mode,
+                m.socket_owner.as_deref(),
+                m.socket_group.as_deref(),
+            )?;
+            (PolicyListener::Unix(listener), Some(path.clone()))
+        }
+        tcp => {
+            let addr = tcp
+                .listen_addr()
+                .map_err(io::Error::other)?
+                .ok_or_else(|| io::Error::other("not a TCP socket"))?;
+            (PolicyListener::Tcp(TcpListener::bind(addr).await?), None)
+        }
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -198,7 +198,7 @@ impl Service {
 }
 
 /// `new`, with the settings that are only read at start (the sockets,
-/// `[milter]`, `[store]`) put back to their values in `old`, each change
+/// `[milter]`, `[policy]`, `[store]`) put back to their values in `old`, each change
 /// logged as needing a restart.
 fn keep_restart_settings(old: &Config, mut new: Config) -> Config {
     let keep = |what: &str, changed: bool| {
@@ -212,9 +212,11 @@ fn keep_restart_settings(old: &Config, mut new: Config) -> Config {
     };
     keep("socket", old.socket != new.socket);
     keep("[milter]", old.milter != new.milter);
+    keep("[policy]", old.policy != new.policy);
     keep("[store]", old.store != new.store);
     new.socket = old.socket.clone();
     new.milter = old.milter.clone();
+    new.policy = old.policy.clone();
     new.store = old.store.clone();
     new
 }
