@@ -61,6 +61,17 @@ impl PostfixBuilder {
         self
     }
 
+    /// Asks the policy service at `addr` (`check_policy_service
+    /// inet:IP:PORT`) for every recipient, before anything else in
+    /// `smtpd_recipient_restrictions` (so clients in `mynetworks` are asked
+    /// too), and at end of data (`smtpd_end_of_data_restrictions`).
+    pub fn policy_service(mut self, addr: SocketAddr) -> Self {
+        let check = format!("check_policy_service inet:{}:{}", addr.ip(), addr.port());
+        set(&mut self.params, "smtpd_recipient_restrictions", &check);
+        set(&mut self.params, "smtpd_end_of_data_restrictions", &check);
+        self
+    }
+
     /// Relays all accepted mail, bounces included, to `addr`
     /// (`relayhost = [ip]:port`), normally an [`SmtpSink`](crate::SmtpSink).
     ///
