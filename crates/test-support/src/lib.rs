@@ -19,6 +19,9 @@
 //! - [`LogCapture`]: what nobounce logged on the test's thread.
 //! - [`PostfixInstance`] / [`PostfixBuilder`]: a private Postfix with its own
 //!   `config_directory`, `queue_directory`, `data_directory` and log file.
+//! - [`EximInstance`] / [`EximBuilder`]: a private Exim 4.96, unpacked from
+//!   its .deb, running the ACL snippet of `docs/examples/exim-nobounce.conf`
+//!   against a policy service.
 //! - [`RedisInstance`]: a private `redis-server` (no persistence) that can be
 //!   stopped and restarted on the same port.
 //! - [`SmtpSink`]: a tiny SMTP/LMTP server that stores what Postfix relays,
@@ -90,6 +93,7 @@ mod client;
 pub mod debs;
 pub mod dns;
 mod dovecot;
+mod exim;
 mod logs;
 mod message;
 mod net;
@@ -103,6 +107,7 @@ mod wait;
 pub use client::{SmtpClient, Transaction, DEFAULT_COMMAND_TIMEOUT};
 pub use dns::{ServerMode, TestDnsServer, TestRecord};
 pub use dovecot::{DovecotBuilder, DovecotInstance, DEFAULT_QUOTA, QUOTA_GRACE_PERCENT};
+pub use exim::{EximBuilder, EximInstance, EXIM_HOSTNAME};
 pub use logs::{CaptureGuard, LogCapture};
 pub use message::{header_value, parse_headers, MessageBuilder};
 pub use net::{bind_loopback, free_port, LOOPBACK};
