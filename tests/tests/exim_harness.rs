@@ -371,7 +371,7 @@ async fn a_421_answer_is_sent_exactly_but_exim_keeps_the_session() {
 #[tokio::test]
 async fn with_421_drop_a_421_answer_closes_the_connection_with_a_550() {
     require!("exim");
-    let policy = PolicyServer::start(&[("ban", "421 4.7.0 banned")]).await;
+    let policy = PolicyServer::start(&[("ban", "421 4.7.0 banned"), ("bare", "421")]).await;
     let sink = SmtpSink::start().await.expect("sink");
     let exim = EximInstance::builder()
         .policy(policy.addr)
@@ -393,6 +393,14 @@ async fn with_421_drop_a_421_answer_closes_the_connection_with_a_550() {
     exim.wait_for_log("closed by DROP in ACL", DEFAULT_TIMEOUT)
         .await
         .expect("drop logged");
+
+    let mut smtp = session(&exim, LOOPBACK).await;
+    smtp.mail_from("alice@sender.test", &[])
+        .await
+        .expect("MAIL")
+        .assert_code(250);
+    let rcpt = smtp.rcpt_to("bare@example.test").await.expect("RCPT");
+    assert_eq!(rcpt.to_string(), "550 Banned");
     assert_eq!(exim.panic_log(), "");
 }
 
