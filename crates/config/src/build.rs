@@ -5,8 +5,8 @@
 use crate::{
     locate::Source,
     raw::{
-        RawBackend, RawCache, RawConfig, RawDictionary, RawDns, RawDuration, RawLog, RawMilter,
-        RawPolicy, RawRecipients, RawRedis, RawSpf, RawStore,
+        RawBackend, RawCache, RawConfig, RawDictionary, RawDns, RawDnsbl, RawDuration, RawLog,
+        RawMilter, RawPolicy, RawRecipients, RawRedis, RawSpf, RawStore,
     },
     Config, ConfigError, ConfigErrors, ControlSocket, DnsConfig, LogConfig, MilterConfig,
     PolicyConfig, RecipientsSection, SourceRef, StoreBackend, StoreConfig,
@@ -14,6 +14,7 @@ use crate::{
 use ipnet::IpNet;
 use nobounce_core::{
     dictionary::{DictionaryConfig, MAX_BAN},
+    dnsbl::{DnsblConfig, DnsblMode, DnsblOnError, DnsblZone},
     recipient::{QuotaReply, RecipientPolicy},
     spf::{SpfAction, SpfConfig, SpfHeader},
     store::MAX_DISTINCT_MEMBERS,
@@ -265,6 +266,7 @@ impl<'a> Builder<'a> {
             spf,
             recipients,
             dictionary: self.dictionary(raw.dictionary.unwrap_or_default()),
+            dnsbl: self.dnsbl(raw.dnsbl.unwrap_or_default()),
             store,
             source: SourceRef(None),
         }
@@ -994,6 +996,80 @@ impl<'a> Builder<'a> {
                 d.allow_list,
                 "network",
             ),
+        }
+    }
+
+    fn dnsbl(&mut self, raw: RawDnsbl) -> DnsblConfig {
+        let d = DnsblConfig::default();
+        let mut zones: Vec<DnsblZone> = Vec::new();
+        for (i, z) in raw.zones.unwrap_or_default().into_iter().enumerate() {
+            let key = |k: &str| format!("dnsbl.zones[{i}].{k}");
+            let Some(zone) = z.zone else {
+                self.err(&format!("dnsbl.zones[{i}]"), "needs a zone");
+                continue;
+            };
+            let name = zone.trim().trim_end_matches('.').to_ascii_lowercase();
+            let valid = !name.is_empty()
+                && name.len() <= 200
+                && name.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if !valid {
+                self.err(&key("zone"), format!("{zone:?} is not a DNS zone"));
+                continue;
+            }
+            if zones.iter().any(|z| z.zone == name) {
+                self.err(&key("zone"), format!("{name} is listed twice"));
+                continue;
+            }
+            let mode = self.choice(
+                &key("mode"),
+                z.mode,
+                &[("safe", DnsblMode::Safe), ("all", DnsblMode::All)],
+                DnsblMode::Safe,
+            );
+            let reply = z
+                .reply
+                .map(|r| self.text(&key("reply"), Some(r), String::new()));
+            zones.push(DnsblZone {
+                zone: name,
+                mode,
+                reply: reply.filter(|r| !r.is_empty()),
+            });
+        }
+        DnsblConfig {
+            zones,
+            on_error: self.choice(
+                "dnsbl.on_error",
+                raw.on_error,
+                &[
+                    ("accept", DnsblOnError::Accept),
+                    ("tempfail", DnsblOnError::Tempfail),
+                ],
+                d.on_error,
+            ),
+            exempt_recipients: raw
+                .exempt_recipients
+                .map(|list| {
+                    list.into_iter()
+                        .enumerate()
+                        .filter_map(|(i, l)| {
+                            let ok = !l.is_empty() && !l.contains(['@', ' ']) && !l.chars().any(char::is_control);
+                            if !ok {
+                                self.err(
+                                    &format!("dnsbl.exempt_recipients[{i}]"),
+                                    format!("{l:?} is not a local part (write \"postmaster\", not an address)"),
+                                );
+                            }
+                            ok.then_some(l)
+                        })
+                        .collect()
+                })
+                .unwrap_or(d.exempt_recipients),
+            allow_list: self.list::<IpNet>("dnsbl.allow_list", raw.allow_list, d.allow_list, "network"),
         }
     }
 

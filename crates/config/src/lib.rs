@@ -26,8 +26,8 @@ pub mod locate;
 pub mod raw;
 
 use nobounce_core::{
-    clock::serialize_duration, dictionary::DictionaryConfig, recipient::RecipientPolicy,
-    spf::SpfConfig, Endpoint, EngineConfig,
+    clock::serialize_duration, dictionary::DictionaryConfig, dnsbl::DnsblConfig,
+    recipient::RecipientPolicy, spf::SpfConfig, Endpoint, EngineConfig,
 };
 use nobounce_recipients::RecipientsConfig;
 use nobounce_store_redis::RedisConfig;
@@ -73,6 +73,8 @@ pub struct Config {
     pub recipients: RecipientsSection,
     /// `[dictionary]`.
     pub dictionary: DictionaryConfig,
+    /// `[dnsbl]`.
+    pub dnsbl: DnsblConfig,
     /// `[store]`.
     pub store: StoreConfig,
     /// Where each key was written, for errors found later.
@@ -339,6 +341,7 @@ impl Config {
             spf: self.spf.clone(),
             recipients: self.recipients.policy.clone(),
             dictionary: self.dictionary.clone(),
+            dnsbl: self.dnsbl.clone(),
         }
     }
 

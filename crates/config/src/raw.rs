@@ -73,7 +73,27 @@ raw_table!(
         spf: RawSpf,
         recipients: RawRecipients,
         dictionary: RawDictionary,
+        dnsbl: RawDnsbl,
         store: RawStore,
+    }
+);
+
+raw_table!(
+    /// `[dnsbl]`.
+    RawDnsbl {
+        zones: Vec<RawDnsblZone>,
+        on_error: String,
+        exempt_recipients: Vec<String>,
+        allow_list: Vec<String>,
+    }
+);
+
+raw_table!(
+    /// `[[dnsbl.zones]]`.
+    RawDnsblZone {
+        zone: String,
+        mode: String,
+        reply: String,
     }
 );
 

@@ -5,6 +5,7 @@ use crate::{
     dictionary::DictionaryConfig,
     directory::RecipientDirectory,
     dns::TtlLookup,
+    dnsbl::DnsblConfig,
     recipient::RecipientPolicy,
     session::Session,
     spf::{LookupVerifier, SpfConfig, SpfVerifier},
@@ -33,6 +34,8 @@ pub struct EngineConfig {
     pub recipients: RecipientPolicy,
     /// Dictionary-attack bans.
     pub dictionary: DictionaryConfig,
+    /// DNS block lists.
+    pub dnsbl: DnsblConfig,
 }
 
 impl EngineConfig {
@@ -48,6 +51,7 @@ impl Default for EngineConfig {
             spf: SpfConfig::default(),
             recipients: RecipientPolicy::default(),
             dictionary: DictionaryConfig::default(),
+            dnsbl: DnsblConfig::default(),
         }
     }
 }
@@ -94,6 +98,7 @@ pub(crate) struct EngineInner {
     pub(crate) directory: Option<Arc<dyn RecipientDirectory>>,
     pub(crate) store: Arc<dyn StateStore>,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) dns: Option<Arc<dyn TtlLookup>>,
 }
 
 impl Engine {
@@ -105,6 +110,7 @@ impl Engine {
             directory: None,
             store: None,
             clock: Arc::new(SystemClock),
+            dns: None,
         }
     }
 
@@ -175,9 +181,18 @@ pub struct EngineBuilder {
     directory: Option<Arc<dyn RecipientDirectory>>,
     store: Option<Arc<dyn StateStore>>,
     clock: Arc<dyn Clock>,
+    dns: Option<Arc<dyn TtlLookup>>,
 }
 
 impl EngineBuilder {
+    /// Asks DNS block lists through `lookup` (share the resolver SPF uses,
+    /// so answers are cached for their TTL in one place). Without it, no
+    /// list is asked, whatever `dnsbl.zones` says.
+    pub fn dns(mut self, lookup: Arc<dyn TtlLookup>) -> Self {
+        self.dns = Some(lookup);
+        self
+    }
+
     /// Evaluates SPF with `lookup` (uncached), bounded by the configured
     /// `spf.timeout`.
     pub fn lookup<L: Lookup + Debug + 'static>(mut self, lookup: L) -> Self {
@@ -250,6 +265,7 @@ impl EngineBuilder {
                 directory: self.directory,
                 store,
                 clock: self.clock,
+                dns: self.dns,
             }),
         }
     }

@@ -27,12 +27,15 @@
 //!   [`smtp_reply`]: reading a mail server's replies (for backends).
 //! - [`store`]: the [`StateStore`] port (shared counters and bans) with
 //!   [`MemoryStore`]; [`dictionary`]: the dictionary-attack ban policy.
+//! - [`dnsbl`]: DNS block lists (backscatter lists in safe mode) over the
+//!   [`dns::TtlLookup`] port.
 
 pub mod address;
 pub mod clock;
 pub mod dictionary;
 pub mod directory;
 pub mod dns;
+pub mod dnsbl;
 pub mod endpoint;
 pub mod engine;
 pub mod error;

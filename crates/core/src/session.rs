@@ -4,6 +4,7 @@ use crate::{
     address::{declared_size, EnvelopeAddress},
     dictionary,
     directory::{DirectoryError, RecipientQuery},
+    dnsbl,
     engine::Engine,
     recipient::{self, RecipientFinding},
     reply::EnhancedStatus,
@@ -79,6 +80,8 @@ struct Message {
     spf: Option<SpfOutcome>,
     /// Recipients accepted so far (for the real-size check at end of data).
     recipients: Vec<String>,
+    /// The block lists' verdict, asked once per message.
+    dnsbl: Option<Verdict>,
     ar_headers_seen: usize,
     forged_ar: Vec<usize>,
 }
@@ -419,10 +422,13 @@ impl Session {
         if let Some(banned) = self.ban_in_force() {
             return self.finish(Stage::RcptTo, banned);
         }
+        let address = EnvelopeAddress::parse(recipient);
+        if let Some(listed) = self.check_dnsbl(&address).await {
+            return self.finish(Stage::RcptTo, listed);
+        }
         let Some(directory) = self.engine.inner.directory.clone() else {
             return Verdict::Continue;
         };
-        let address = EnvelopeAddress::parse(recipient);
         let text = address.to_string();
         if text.is_empty() {
             return Verdict::Continue;
@@ -497,6 +503,86 @@ impl Session {
         let (verdict, _) =
             recipient::decide(&self.engine.inner.config.recipients, &recipient, answer);
         self.finish(Stage::EndOfMessage, verdict)
+    }
+
+    /// The DNS block lists' verdict for this message and `recipient`, when
+    /// they are asked: in safe mode only for a null or `postmaster@`
+    /// sender; never for exempt recipients (`postmaster@`, `abuse@`),
+    /// trusted networks, the allow-list or authenticated sessions. Asked
+    /// once per message, every list at once, within the command deadline.
+    async fn check_dnsbl(&mut self, recipient: &EnvelopeAddress) -> Option<Verdict> {
+        let engine = self.engine.clone();
+        let inner = &engine.inner;
+        let config = &inner.config.dnsbl;
+        if config.zones.is_empty() || self.msg.authenticated {
+            return None;
+        }
+        let dns = inner.dns.as_ref()?;
+        let ip = self.conn.client_ip?;
+        if inner.config.spf.is_trusted(ip) || config.allow_list.iter().any(|n| n.contains(&ip)) {
+            return None;
+        }
+        if let EnvelopeAddress::Mailbox { local, .. } = recipient {
+            if config.exempts_recipient(local) {
+                return None;
+            }
+        }
+        let safe_sender = match &self.msg.sender {
+            Some(EnvelopeAddress::Mailbox { local, .. }) => {
+                local.eq_ignore_ascii_case("postmaster")
+            }
+            Some(EnvelopeAddress::Other(s)) => s.eq_ignore_ascii_case("postmaster"),
+            Some(EnvelopeAddress::Null) | None => true,
+        };
+        if !config.applies(safe_sender) {
+            return None;
+        }
+        if let Some(v) = &self.msg.dnsbl {
+            return Some(v.clone()).filter(Verdict::is_refusal);
+        }
+        let zones: Vec<&dnsbl::DnsblZone> = config
+            .zones
+            .iter()
+            .filter(|z| safe_sender || z.mode == dnsbl::DnsblMode::All)
+            .collect();
+        let asked = futures_util::future::join_all(
+            zones.iter().map(|z| dnsbl::ask(dns.as_ref(), ip, &z.zone)),
+        );
+        let answers = match tokio::time::timeout(self.command_timeout(), asked).await {
+            Ok(answers) => answers,
+            Err(_) => {
+                vec![dnsbl::ZoneAnswer::Failed("command deadline passed".into()); zones.len()]
+            }
+        };
+        let mut verdict = Verdict::Continue;
+        for (zone, answer) in zones.iter().zip(answers) {
+            let v = match answer {
+                dnsbl::ZoneAnswer::NotListed => continue,
+                dnsbl::ZoneAnswer::Listed { code, txt } => {
+                    dnsbl::listed_verdict(zone, ip, code, txt.as_deref())
+                }
+                dnsbl::ZoneAnswer::Failed(why) => {
+                    warn!(
+                        event = "dnsbl_failed",
+                        queue_id = self.msg.queue_id.as_deref().unwrap_or("-"),
+                        client_ip = %ip,
+                        zone = %zone.zone,
+                        action = if config.on_error == dnsbl::DnsblOnError::Accept { "accept" } else { "tempfail" },
+                        "block list did not answer: {why}"
+                    );
+                    dnsbl::failed_verdict(config, zone, &why)
+                }
+            };
+            // A listing outweighs a failure of another list.
+            if matches!(v, Verdict::Reject { .. }) || !verdict.is_refusal() {
+                verdict = v;
+            }
+            if matches!(verdict, Verdict::Reject { .. }) {
+                break;
+            }
+        }
+        self.msg.dnsbl = Some(verdict.clone());
+        Some(verdict).filter(Verdict::is_refusal)
     }
 
     /// A recipient the MTA rejected itself (seen with `SMFIP_RCPT_REJ`),

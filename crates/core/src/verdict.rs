@@ -12,6 +12,8 @@ pub enum Policy {
     Recipient,
     /// Dictionary-attack bans.
     Dictionary,
+    /// DNS block lists.
+    Dnsbl,
     /// Trouble of our own (a backend failed): always a temporary failure.
     Internal,
 }
@@ -23,6 +25,7 @@ impl Policy {
             Self::Spf => "spf",
             Self::Recipient => "recipient",
             Self::Dictionary => "dictionary",
+            Self::Dnsbl => "dnsbl",
             Self::Internal => "internal",
         }
     }

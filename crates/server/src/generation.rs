@@ -3,7 +3,9 @@
 //! used, and replaced whole by the next one.
 
 use nobounce_config::{Config, ConfigErrors, DnsConfig};
-use nobounce_core::{spf_cache::CachingVerifier, Engine, SpfVerifier, StateStore, SystemClock};
+use nobounce_core::{
+    dns::TtlLookup, spf_cache::CachingVerifier, Engine, SpfVerifier, StateStore, SystemClock,
+};
 use nobounce_dns::HickoryLookup;
 use nobounce_recipients::{build_reusing, Recipients};
 use std::{fmt, sync::Arc, time::Duration};
@@ -14,6 +16,8 @@ struct Resources {
     dns: DnsConfig,
     spf_settings: (Duration, usize, Duration),
     spf: Arc<dyn SpfVerifier>,
+    /// The same resolver, for DNS block lists (one cache of answers).
+    lookup: Arc<dyn TtlLookup>,
 }
 
 impl fmt::Debug for Resources {
@@ -42,10 +46,11 @@ impl Resources {
             cache_size: dns.cache_size as u64,
         })
         .map_err(|e| ConfigErrors(vec![config.error_at("dns", e)]))?;
+        let lookup = Arc::new(lookup);
         // One cache of SPF answers for all connections, as long as these
         // resources live.
         let spf: Arc<dyn SpfVerifier> = Arc::new(CachingVerifier::new(
-            lookup,
+            Arc::clone(&lookup),
             &config.spf,
             Arc::new(SystemClock),
         ));
@@ -53,6 +58,7 @@ impl Resources {
             dns: dns.clone(),
             spf_settings: spf_settings(config),
             spf,
+            lookup,
         })
     }
 }
@@ -98,6 +104,7 @@ impl Generation {
         };
         let mut engine = Engine::builder(config.engine_config())
             .spf_verifier(Arc::clone(&resources.spf))
+            .dns(Arc::clone(&resources.lookup))
             .store(Arc::clone(store));
         if let Some(r) = &recipients {
             engine = engine.directory(Arc::clone(&r.directory));

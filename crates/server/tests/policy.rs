@@ -7,11 +7,11 @@
 use nobounce_config::Config;
 use nobounce_test_support::{
     dns::{TestDnsServer, TestRecord},
-    free_port, Background, LogCapture,
+    free_port, policy_request, Background, LogCapture, PolicyClient,
 };
 use std::{fs, net::SocketAddr, path::Path, time::Duration};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 
@@ -75,47 +75,20 @@ fn maildir(root: &Path, user: &str, maildirsize: &str) {
     fs::write(d.join("maildirsize"), maildirsize).unwrap();
 }
 
-/// A request as Postfix writes it (a few of its attributes more than
-/// nobounce reads, to be ignored).
 fn request(state: &str, sender: &str, recipient: &str, size: u64, instance: &str) -> String {
-    format!(
-        "request=smtpd_access_policy\nprotocol_state={state}\nprotocol_name=ESMTP\n\
-         client_address=192.0.2.7\nclient_name=client.pass.test\n\
-         reverse_client_name=client.pass.test\nhelo_name=client.pass.test\n\
-         sender={sender}\nrecipient={recipient}\nrecipient_count=0\nqueue_id=\n\
-         instance={instance}\nsize={size}\netrn_domain=\nstress=\nsasl_method=\n\
-         sasl_username=\nsasl_sender=\nccert_subject=\nencryption_protocol=\n\
-         policy_context=\nserver_address=127.0.0.1\nserver_port=25\n\n"
-    )
+    policy_request(state, "192.0.2.7", sender, recipient, size, instance, &[])
 }
 
 /// One persistent connection, as Postfix keeps it.
-struct Conn(BufReader<TcpStream>);
+struct Conn(PolicyClient);
 
 impl Conn {
     async fn open(addr: SocketAddr) -> Self {
-        Self(BufReader::new(
-            TcpStream::connect(addr).await.expect("connect"),
-        ))
+        Self(PolicyClient::connect(addr).await.expect("connect"))
     }
 
-    /// Sends a request; returns the action, checking the empty line after.
     async fn ask(&mut self, request: &str) -> String {
-        self.0
-            .get_mut()
-            .write_all(request.as_bytes())
-            .await
-            .unwrap();
-        let mut action = String::new();
-        self.0.read_line(&mut action).await.unwrap();
-        let mut empty = String::new();
-        self.0.read_line(&mut empty).await.unwrap();
-        assert_eq!(empty, "\n", "the reply ends with an empty line");
-        action
-            .strip_prefix("action=")
-            .unwrap_or_else(|| panic!("not an action: {action:?}"))
-            .trim_end()
-            .to_owned()
+        self.0.ask(request).await.expect("an action")
     }
 }
 

@@ -233,6 +233,8 @@ pub struct LoggedQuery {
 struct State {
     records: Vec<TestRecord>,
     mode: ServerMode,
+    /// Names at or below these are never answered, whatever the mode.
+    silent_zones: Vec<String>,
     negative_ttl: u32,
     queries: Vec<LoggedQuery>,
 }
@@ -276,6 +278,7 @@ impl TestDnsServer {
         let state = Arc::new(Mutex::new(State {
             records: records.into_iter().collect(),
             mode: ServerMode::Answer,
+            silent_zones: Vec::new(),
             negative_ttl: DEFAULT_NEGATIVE_TTL,
             queries: Vec::new(),
         }));
@@ -320,6 +323,13 @@ impl TestDnsServer {
     /// Sets how queries are treated from now on.
     pub fn set_mode(&self, mode: ServerMode) {
         lock(&self.state).mode = mode;
+    }
+
+    /// Drops every query for `zone` and the names below it, without an
+    /// answer (the client times out), while the rest is answered as the
+    /// mode says: one list server that does not answer.
+    pub fn silence_zone(&self, zone: &str) {
+        lock(&self.state).silent_zones.push(normalize(zone));
     }
 
     /// Shorthand for [`set_mode`](Self::set_mode) with
@@ -462,6 +472,14 @@ fn handle(bytes: &[u8], state: &Shared, tcp: bool) -> Option<Vec<u8>> {
                 record_type: query.query_type().to_string(),
                 tcp,
             });
+            let name = normalize(&query.name().to_ascii());
+            if state
+                .silent_zones
+                .iter()
+                .any(|z| name == *z || name.ends_with(&format!(".{z}")))
+            {
+                return None;
+            }
             match state.mode {
                 ServerMode::Silent => return None,
                 ServerMode::ServFail => reply.metadata.response_code = ResponseCode::ServFail,

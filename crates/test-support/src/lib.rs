@@ -17,6 +17,8 @@
 //! - [`dns`]: [`TestDnsServer`], an authoritative DNS server inside the test
 //!   process, serving the records a test gives it.
 //! - [`LogCapture`]: what nobounce logged on the test's thread.
+//! - [`PolicyClient`], [`policy_request`]: the policy delegation protocol
+//!   as Postfix speaks it.
 //! - [`PostfixInstance`] / [`PostfixBuilder`]: a private Postfix with its own
 //!   `config_directory`, `queue_directory`, `data_directory` and log file.
 //! - [`EximInstance`] / [`EximBuilder`]: a private Exim 4.96, unpacked from
@@ -97,6 +99,7 @@ mod exim;
 mod logs;
 mod message;
 mod net;
+mod policy;
 mod postfix;
 mod redis;
 mod require;
@@ -111,6 +114,7 @@ pub use exim::{EximBuilder, EximInstance, EXIM_HOSTNAME};
 pub use logs::{CaptureGuard, LogCapture};
 pub use message::{header_value, parse_headers, MessageBuilder};
 pub use net::{bind_loopback, free_port, LOOPBACK};
+pub use policy::{policy_request, PolicyClient};
 pub use postfix::{PostfixBuilder, PostfixInstance, QueuedMessage, QueuedRecipient, MYHOSTNAME};
 pub use redis::RedisInstance;
 pub use require::{e2e_required, find_binary, require_binaries, E2E_ENV};
