@@ -31,12 +31,17 @@ impl EnvelopeAddress {
             .strip_prefix('<')
             .and_then(|s| s.strip_suffix('>'))
             .unwrap_or(s);
-        // RFC 5321 §4.1.2 source route: "@a,@b:local@domain".
-        let s = if s.starts_with('@') {
-            s.split_once(':').map_or(s, |(_, rest)| rest.trim())
-        } else {
-            s
-        };
+        // RFC 5321 §4.1.2 source route: "@a,@b:local@domain". What follows
+        // a route cannot start with '@' itself; if it does, that is one
+        // more route (found by fuzzing: otherwise printing and parsing
+        // again gave another address).
+        let mut s = s;
+        while s.starts_with('@') {
+            match s.split_once(':') {
+                Some((_, rest)) => s = rest.trim(),
+                None => break,
+            }
+        }
         if s.is_empty() {
             return Self::Null;
         }
@@ -92,6 +97,17 @@ pub fn declared_size<'a>(args: impl IntoIterator<Item = &'a str>) -> Option<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fuzz_nested_source_routes_are_all_stripped() {
+        let text = " @\u{fffd}!: @\u{fffd}!: @@\u{fffd}!";
+        let parsed = EnvelopeAddress::parse(text);
+        assert_eq!(EnvelopeAddress::parse(&parsed.to_string()), parsed);
+        assert_eq!(
+            EnvelopeAddress::parse("<@a.example:@b.example:joe@c.example>").to_string(),
+            "joe@c.example"
+        );
+    }
 
     #[test]
     fn parses_envelope_forms() {
