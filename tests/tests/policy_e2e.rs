@@ -7,66 +7,27 @@
 //! `SIZE=` that does not fit its single recipient's mailbox is refused at
 //! the end of data; good mail is delivered; nothing bounces.
 
-use nobounce_test_support::dns::{TestDnsServer, TestRecord};
 use nobounce_test_support::{
-    bind_loopback, free_port, require, Background, MessageBuilder, PostfixInstance, SmtpClient,
-    SmtpSink, DEFAULT_TIMEOUT,
+    require, MessageBuilder, PostfixInstance, SmtpClient, SmtpSink, DEFAULT_TIMEOUT,
 };
-use std::{
-    fs,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-};
+use std::net::{IpAddr, Ipv4Addr};
 
 /// Not trusted by nobounce (`trusted_networks = []`).
 const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
+mod common;
+
 struct Site {
-    _dns: TestDnsServer,
-    _dir: tempfile::TempDir,
-    _nobounce: Background<Result<(), nobounce_server::RunError>>,
+    _nobounce: common::PolicySite,
     postfix: PostfixInstance,
     sink: SmtpSink,
 }
 
 async fn site() -> Site {
-    let dns = TestDnsServer::start([
-        TestRecord::txt("pass.test", "v=spf1 ip4:127.0.0.0/8 -all", 300),
-        TestRecord::txt("fail.test", "v=spf1 -all", 300),
-    ])
-    .await
-    .expect("DNS server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let map = dir.path().join("recipients");
-    fs::write(
-        &map,
-        "ann@example.test\nfull@example.test\nsmall@example.test\n",
-    )
-    .unwrap();
-    // full@: 19 000 of 20 000 bytes used. small@: 1 000 of 4 000.
-    for (user, maildirsize) in [("full", "20000S\n19000 10\n"), ("small", "4000S\n1000 1\n")] {
-        let d = dir.path().join(user);
-        fs::create_dir_all(&d).unwrap();
-        fs::write(d.join("maildirsize"), maildirsize).unwrap();
-    }
-    let policy = SocketAddr::from(([127, 0, 0, 1], free_port().expect("free port")));
-    let config = nobounce_config::Config::from_toml_str(&format!(
-        "[policy]\nsocket = \"inet:{policy}\"\n\
-         [dns]\nnameservers = [\"{dns}\"]\ntimeout = \"1s\"\nattempts = 1\n\
-         [spf]\ntrusted_networks = []\n\
-         [recipients]\ndefault_chain = [\"users\", \"quota\"]\n\
-         [recipients.backends.users]\ntype = \"map_file\"\npath = \"{map}\"\n\
-         [recipients.backends.quota]\ntype = \"maildir\"\npath_template = \"{root}/{{local}}\"\n",
-        dns = dns.addr(),
-        map = map.display(),
-        root = dir.path().display(),
-    ))
-    .expect("config");
-    // The milter socket is bound but Postfix is not told about it.
-    let milter = bind_loopback().await.expect("bind");
-    let nobounce = Background::spawn(|stop| nobounce_server::run_tcp(milter, config, stop));
+    let nobounce = common::PolicySite::start().await;
     let sink = SmtpSink::start().await.expect("sink");
     let postfix = PostfixInstance::builder()
-        .policy_service(policy)
+        .policy_service(nobounce.policy)
         .relay_to(sink.addr())
         .start()
         .await
@@ -76,8 +37,6 @@ async fn site() -> Site {
         "no milter"
     );
     Site {
-        _dns: dns,
-        _dir: dir,
         _nobounce: nobounce,
         postfix,
         sink,
