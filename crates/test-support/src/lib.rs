@@ -2,8 +2,8 @@
 //! workspace share.
 //!
 //! The end-to-end tier runs nobounce against the real mail software it is
-//! meant for: Postfix, Dovecot LMTP and Redis. Every test starts
-//! its own instances on free loopback ports, in a throw-away temporary
+//! meant for: Postfix, Sendmail, Exim, Dovecot LMTP and Redis. Every test
+//! starts its own instances on free loopback ports, in a throw-away temporary
 //! directory, and they are stopped when the test's handles are dropped. No
 //! system service is used or touched, and no traffic leaves 127.0.0.0/8.
 //!
@@ -21,6 +21,10 @@
 //!   as Postfix speaks it.
 //! - [`PostfixInstance`] / [`PostfixBuilder`]: a private Postfix with its own
 //!   `config_directory`, `queue_directory`, `data_directory` and log file.
+//! - [`SendmailInstance`] / [`SendmailBuilder`]: a private Sendmail 8.17,
+//!   unpacked from the cached .debs, with its own `sendmail.cf`, queue and
+//!   log (its syslog captured through a private `/dev/log`), run in a mount
+//!   and UTS namespace of its own.
 //! - [`EximInstance`] / [`EximBuilder`]: a private Exim 4.96, unpacked from
 //!   its .deb, running the ACL snippet of `docs/examples/exim-nobounce.conf`
 //!   against a policy service.
@@ -103,6 +107,7 @@ mod policy;
 mod postfix;
 mod redis;
 mod require;
+mod sendmail;
 mod sink;
 mod task;
 mod wait;
@@ -118,6 +123,7 @@ pub use policy::{policy_request, PolicyClient};
 pub use postfix::{PostfixBuilder, PostfixInstance, QueuedMessage, QueuedRecipient, MYHOSTNAME};
 pub use redis::RedisInstance;
 pub use require::{e2e_required, find_binary, require_binaries, E2E_ENV};
+pub use sendmail::{SendmailBuilder, SendmailInstance, SENDMAIL_HOSTNAME};
 pub use sink::{ReceivedMessage, SinkBuilder, SmtpSink};
 pub use task::{Background, ShutdownSignal};
 pub use wait::{poll_until, wait_until, DEFAULT_TIMEOUT};
