@@ -2,8 +2,9 @@
 //!
 //! A [`Reply`] can only be built with a reply code and an enhanced status code
 //! of the same class (`550` goes with `5.x.x`, `451` with `4.x.x`), and its
-//! text is always safe to hand to an MTA: no CR, LF or NUL, `%` doubled for
-//! Sendmail's `smfi_setreply`, at most [`MAX_TEXT_LEN`] bytes.
+//! text is always safe to hand to an MTA: no CR, LF or NUL, ASCII only, at
+//! most [`MAX_TEXT_LEN`] bytes. (The milter front end doubles `%` for the
+//! MTAs; other protocols take the text as it is.)
 
 use std::{
     error::Error,
@@ -11,12 +12,13 @@ use std::{
     str::FromStr,
 };
 
-/// The longest reply text we hand to the MTA, in bytes.
+/// The longest reply text, in bytes.
 ///
-/// RFC 5321 §4.5.3.1.5 limits a reply line to 512 octets; libmilter and
-/// indymilter allow 980 bytes per line. We keep to the latter and never split
-/// a reply over several lines.
-pub const MAX_TEXT_LEN: usize = 980;
+/// RFC 5321 §4.5.3.1.5 limits a reply line to 512 octets, code and status
+/// included; libmilter and indymilter allow 980 bytes per line, and the
+/// milter front end doubles every `%`. 490 bytes fit both, and a reply is
+/// never split over several lines.
+pub const MAX_TEXT_LEN: usize = 490;
 
 /// Why a reply could not be built.
 #[derive(Clone, Debug, Eq, PartialEq)]
@@ -189,7 +191,7 @@ impl FromStr for EnhancedStatus {
 /// use nobounce_core::Reply;
 ///
 /// let reply = Reply::new(550, "5.1.1", "No such user\r\nhere: 100%")?;
-/// assert_eq!(reply.to_string(), "550 5.1.1 No such user here: 100%%");
+/// assert_eq!(reply.to_string(), "550 5.1.1 No such user here: 100%");
 ///
 /// // A permanent code with a transient status is refused.
 /// assert!(Reply::new(550, "4.2.2", "full").is_err());
@@ -256,19 +258,18 @@ impl Display for Reply {
     }
 }
 
-/// Makes arbitrary text safe for an SMTP reply line set through a milter.
+/// Makes arbitrary text safe for an SMTP reply line.
 ///
 /// Control characters (CR, LF, NUL, TAB, …) become spaces and runs of spaces
-/// collapse; non-ASCII characters become `?` (SMTP replies are ASCII);
-/// `%` is doubled, because Sendmail's `smfi_setreply` treats it as a format
-/// character; the result is cut to [`MAX_TEXT_LEN`] bytes without splitting
-/// a `%%` pair.
+/// collapse; non-ASCII characters become `?` (SMTP replies are ASCII); the
+/// result is cut to [`MAX_TEXT_LEN`] bytes. `%` is left alone: the milter
+/// front end doubles it for Sendmail's and Postfix's milter clients, and the
+/// policy protocol takes it as it is.
 pub fn sanitize_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(MAX_TEXT_LEN));
     let mut last_space = false;
     for c in text.chars() {
         let piece: &str = match c {
-            '%' => "%%",
             c if c.is_ascii_control() || c == ' ' => " ",
             c if !c.is_ascii() => "?",
             _ => "",
@@ -329,18 +330,17 @@ mod tests {
     }
 
     #[test]
-    fn text_loses_line_breaks_nul_and_gets_percent_doubled() {
+    fn text_loses_line_breaks_and_nul_and_keeps_percent() {
         let r = Reply::new(550, "5.7.23", "a\r\nb\0c%d\te  f").unwrap();
-        assert_eq!(r.text(), "a b c%%d e f");
+        assert_eq!(r.text(), "a b c%d e f");
         assert_eq!(sanitize_text("  über\n"), "?ber");
     }
 
     #[test]
-    fn text_is_cut_to_limit_without_splitting_percent() {
+    fn text_is_cut_to_limit() {
         let long = "%".repeat(2000);
         let s = sanitize_text(&long);
-        assert!(s.len() <= MAX_TEXT_LEN);
-        assert_eq!(s.len() % 2, 0);
+        assert_eq!(s.len(), MAX_TEXT_LEN);
         let s = sanitize_text(&"a".repeat(5000));
         assert_eq!(s.len(), MAX_TEXT_LEN);
     }

@@ -602,7 +602,7 @@ mod tests {
         );
         let text = v.reply().unwrap().text().to_string();
         assert!(!text.contains('\r') && !text.contains('\n'));
-        assert!(text.contains("100%%"), "{text}");
+        assert!(text.contains("100%") && !text.contains("%%"), "{text}");
         assert!(
             text.contains("bad.example does not allow 192.0.2.1"),
             "{text}"

@@ -117,16 +117,8 @@ fn assert_safe(reply: &Reply) {
         !t.bytes().any(|b| b.is_ascii_control() || !b.is_ascii()),
         "{t:?}"
     );
-    // Every '%' comes doubled.
-    let mut percent_run = 0;
-    for c in t.chars().chain([' ']) {
-        if c == '%' {
-            percent_run += 1;
-        } else {
-            assert!(percent_run % 2 == 0, "single % in {t:?}");
-            percent_run = 0;
-        }
-    }
+    // With every '%' doubled for a milter, it still fits a milter line.
+    assert!(t.replace('%', "%%").len() <= 980, "{t:?}");
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! Issue 13: for any input, the reply nobounce hands the MTA passes
 //! Postfix's checks of a milter reply (`milter8.c`, SMFIR_REPLYCODE: a 4xx
 //! or 5xx code, a space, an enhanced status of the same class; `%%` for a
-//! literal `%`) and libmilter's (`smfi_setreply`: at most 980 bytes a line,
-//! no CR, LF or NUL).
+//! literal `%`, which the milter front end writes) and libmilter's
+//! (`smfi_setreply`: at most 980 bytes a line, no CR, LF or NUL).
 
 use async_trait::async_trait;
 use nobounce_core::{
@@ -25,11 +25,11 @@ fn assert_valid_milter_reply(reply: &Reply) {
     assert!(b[1].is_ascii_digit() && b[2].is_ascii_digit(), "{wire:?}");
     assert_eq!(b[3], b' ', "{wire:?}");
     assert_eq!(b[4], b[0], "status class = code class: {wire:?}");
-    assert!(reply.text().len() <= 980, "{} bytes", reply.text().len());
+    // Even with every '%' doubled by the milter front end.
+    let milter_text = reply.text().replace('%', "%%");
+    assert!(milter_text.len() <= 980, "{} bytes", milter_text.len());
     assert!(!wire.contains(['\r', '\n', '\0']), "{wire:?}");
     assert!(wire.is_ascii(), "{wire:?}");
-    // Every '%' is doubled: what is left after removing "%%" has none.
-    assert!(!reply.text().replace("%%", "").contains('%'), "{wire:?}");
     // The enhanced status parses, of the code's class.
     let status = wire.split(' ').nth(1).expect("status");
     let parsed: nobounce_core::EnhancedStatus = status.parse().expect("status parses");

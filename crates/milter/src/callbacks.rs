@@ -60,12 +60,13 @@ pub fn apply_verdict(reply: &mut SmtpReply, verdict: &Verdict) -> Status {
     if let Some(r) = verdict.reply() {
         let code = r.code().to_string();
         let xcode = r.status().to_string();
-        // `r.text()` already has every `%` doubled (`sanitize_text`), as
-        // both MTAs want it: Sendmail uses the text as a printf format and
-        // drops a reply with a lone `%`; Postfix turns `%%` into `%`
-        // (milter8.c). Doubling again here would show `%%` to the client
+        // Both milter clients unescape `%`: Sendmail uses the text as a
+        // printf format and drops a reply with a lone `%`; Postfix turns
+        // `%%` into `%` (milter8.c). So every `%` is doubled here, for the
+        // milter only: the policy protocol takes the text as it is
         // (tests/tests/sendmail_e2e.rs checks what the client sees).
-        if let Err(e) = reply.set_error_reply(&code, Some(&xcode), [r.text()]) {
+        let text = r.text().replace('%', "%%");
+        if let Err(e) = reply.set_error_reply(&code, Some(&xcode), [text.as_str()]) {
             // Cannot happen for a sanitised Reply; the MTA's default reply
             // of the same class is still right.
             error!("cannot set SMTP reply {r}: {e}");

@@ -26,6 +26,8 @@ async fn site(extra: &str) -> Site {
     let dns = TestDnsServer::start([
         TestRecord::txt("pass.test", "v=spf1 ip4:192.0.2.0/24 -all", 300),
         TestRecord::txt("fail.test", "v=spf1 -all", 300),
+        TestRecord::txt("exp.test", "v=spf1 -all exp=why.exp.test", 300),
+        TestRecord::txt("why.exp.test", "Go away %{i}, 100%% not welcome", 300),
     ])
     .await
     .expect("DNS server");
@@ -55,12 +57,10 @@ async fn site(extra: &str) -> Site {
     let milter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let daemon = Background::spawn(|stop| nobounce_server::run_tcp(milter, config, stop));
     // Until the policy socket listens.
-    for _ in 0..200 {
-        if TcpStream::connect(policy).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    daemon
+        .wait_listening(policy)
+        .await
+        .expect("the policy service listens");
     Site {
         _dns: dns,
         _dir: dir,
@@ -269,4 +269,24 @@ async fn issue12_a_ban_is_a_421_and_dry_run_refuses_nothing() {
         .await;
     assert_eq!(a, "DUNNO");
     dry.daemon.stop().await.unwrap().unwrap();
+}
+
+/// Postfix puts a policy reply's text into its reply as it is (no `%`
+/// unescaping, unlike milter replies): a `%` must arrive single.
+#[tokio::test]
+async fn issue12_percent_in_a_reply_text_is_not_doubled() {
+    let site = site("").await;
+    let mut c = Conn::open(site.policy).await;
+    let a = c
+        .ask(&request(
+            "RCPT",
+            "eve@exp.test",
+            "ann@example.net",
+            0,
+            "p.1",
+        ))
+        .await;
+    assert!(a.starts_with("550 5.7.23 "), "{a}");
+    assert!(a.contains("Go away 192.0.2.7, 100% not welcome"), "{a}");
+    site.daemon.stop().await.unwrap().unwrap();
 }
