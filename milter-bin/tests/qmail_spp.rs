@@ -16,7 +16,6 @@ use std::{
     fs,
     net::SocketAddr,
     process::{Command, Output, Stdio},
-    time::Duration,
 };
 
 struct Site {
@@ -68,12 +67,10 @@ async fn site() -> Site {
     let config = Config::from_toml_str(&text).expect("config");
     let milter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let daemon = Background::spawn(|stop| nobounce_server::run_tcp(milter, config, stop));
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(policy).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    daemon
+        .wait_listening(policy)
+        .await
+        .expect("the policy service listens");
     Site {
         _dns: dns,
         _dir: dir,

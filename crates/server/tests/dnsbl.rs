@@ -8,10 +8,7 @@ use nobounce_test_support::{
     dns::{ServerMode, TestDnsServer, TestRecord},
     free_port, policy_request, Background, LogCapture, PolicyClient,
 };
-use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    time::Duration,
-};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// Listed in bl.test (127.0.0.2, with a TXT reason).
 const LISTED: &str = "192.0.2.7";
@@ -95,12 +92,10 @@ async fn start(dnsbl: &str) -> Site {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let milter = listener.local_addr().unwrap();
     let daemon = Background::spawn(|stop| nobounce_server::run_tcp(listener, config, stop));
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(policy).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    daemon
+        .wait_listening(policy)
+        .await
+        .expect("the policy service listens");
     Site {
         dns,
         policy,

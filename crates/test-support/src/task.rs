@@ -83,6 +83,27 @@ impl<T: Send + 'static> Background<T> {
         self.handle.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
+    /// Waits until something accepts TCP connections at `addr` (the
+    /// server this task runs binds its sockets), for at most
+    /// [`DEFAULT_TIMEOUT`](crate::DEFAULT_TIMEOUT). Fails at once when the
+    /// task ends first: the server could not start (a port taken between
+    /// [`free_port`](crate::free_port) and its bind, a bad configuration).
+    pub async fn wait_listening(&self, addr: std::net::SocketAddr) -> io::Result<()> {
+        crate::wait_until(
+            &format!("a listener at {addr}"),
+            crate::DEFAULT_TIMEOUT,
+            || async {
+                if self.is_finished() {
+                    return Err(io::Error::other(format!(
+                        "the server ended before listening at {addr}"
+                    )));
+                }
+                Ok(tokio::net::TcpStream::connect(addr).await.is_ok())
+            },
+        )
+        .await
+    }
+
     /// Signals shutdown and returns the task's output.
     ///
     /// Errors when the task panicked or did not end within 10 seconds (it is

@@ -54,12 +54,10 @@ impl PolicySite {
         .expect("config");
         let listener = bind_loopback().await.expect("bind");
         let nobounce = Background::spawn(|stop| nobounce_server::run_tcp(listener, config, stop));
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(policy).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        nobounce
+            .wait_listening(policy)
+            .await
+            .expect("the policy service listens");
         Self {
             policy,
             _dns: dns,
