@@ -1,12 +1,12 @@
 //! `nobounce`: arguments, configuration file, socket, signals, exit codes.
 //! Everything else lives in the library crates.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use nobounce_config::{Config, ControlSocket, StoreBackend};
 use nobounce_core::{clock::rfc3339_utc, store::from_millis, store::Ban, StateStore};
 use nobounce_server::{control, logging, MilterListener};
 use nobounce_store_redis::RedisStore;
-use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::SystemTime};
+use std::{io::Write, net::IpAddr, path::PathBuf, process::ExitCode, time::SystemTime};
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::{mpsc, watch},
@@ -45,6 +45,12 @@ enum Command {
     /// nobounce cannot be reached: E451 (exit 111), so no mail is lost.
     #[command(name = "qmail-spp")]
     QmailSpp(QmailArgs),
+    /// Print the shell completion script for SHELL to standard output (the
+    /// Debian package installs those for bash, zsh and fish).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +138,7 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { file }) => check(&file),
         Command::Run(args) => run(args),
         Command::QmailSpp(args) => qmail_spp(args),
+        Command::Completions { shell } => completions(shell),
         Command::Ban(args) => match runtime().and_then(|rt| rt.block_on(ban(args))) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -166,6 +173,21 @@ fn check(file: &std::path::Path) -> ExitCode {
             for e in errors.0 {
                 eprintln!("nobounce: {e}");
             }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes the whole script at once, so that a closed pipe is an error
+/// message and exit 1, not a panic inside clap_complete.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "nobounce", &mut script);
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(&script).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nobounce: cannot write the completion script: {e}");
             ExitCode::FAILURE
         }
     }
