@@ -5,14 +5,15 @@
 use crate::{
     locate::Source,
     raw::{
-        RawBackend, RawCache, RawConfig, RawDictionary, RawDns, RawDnsbl, RawDuration, RawLog,
-        RawMilter, RawPolicy, RawRecipients, RawRedis, RawSpf, RawStore,
+        RawBackend, RawBatv, RawCache, RawConfig, RawDictionary, RawDns, RawDnsbl, RawDuration,
+        RawLog, RawMilter, RawPolicy, RawRecipients, RawRedis, RawSpf, RawStore,
     },
-    Config, ConfigError, ConfigErrors, ControlSocket, DnsConfig, LogConfig, MilterConfig,
-    PolicyConfig, RecipientsSection, SourceRef, StoreBackend, StoreConfig,
+    BatvSection, Config, ConfigError, ConfigErrors, ControlSocket, DnsConfig, LogConfig,
+    MilterConfig, PolicyConfig, RecipientsSection, SourceRef, StoreBackend, StoreConfig,
 };
 use ipnet::IpNet;
 use nobounce_core::{
+    batv::{BatvConfig, Unsigned},
     dictionary::{DictionaryConfig, MAX_BAN},
     dnsbl::{DnsblConfig, DnsblMode, DnsblOnError, DnsblZone},
     recipient::{QuotaReply, RecipientPolicy},
@@ -267,6 +268,7 @@ impl<'a> Builder<'a> {
             recipients,
             dictionary: self.dictionary(raw.dictionary.unwrap_or_default()),
             dnsbl: self.dnsbl(raw.dnsbl.unwrap_or_default()),
+            batv: self.batv(raw.batv.unwrap_or_default()),
             store,
             source: SourceRef(None),
         }
@@ -996,6 +998,65 @@ impl<'a> Builder<'a> {
                 d.allow_list,
                 "network",
             ),
+        }
+    }
+
+    fn batv(&mut self, raw: RawBatv) -> BatvSection {
+        let d = BatvConfig::default();
+        let lifetime = self.duration(
+            "batv",
+            "lifetime",
+            raw.lifetime,
+            None,
+            Unit::Secs,
+            Duration::from_secs(u64::from(d.lifetime_days) * 86_400),
+            DAY,
+            999 * DAY,
+        );
+        if !lifetime.as_secs().is_multiple_of(86_400) {
+            self.err("batv.lifetime", "must be whole days (BATV tags count days)");
+        }
+        let mut domains = Vec::new();
+        for (i, domain) in raw.domains.unwrap_or_default().into_iter().enumerate() {
+            let name = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+            if name.is_empty() || name.contains(['@', ' ']) || name.chars().any(char::is_control) {
+                self.err(
+                    &format!("batv.domains[{i}]"),
+                    format!("{domain:?} is not a domain"),
+                );
+            } else {
+                domains.push(name);
+            }
+        }
+        let enabled = raw.enabled.unwrap_or(d.enabled);
+        if enabled && domains.is_empty() {
+            self.err(
+                "batv.enabled",
+                "BATV needs batv.domains, the domains whose senders are signed",
+            );
+        }
+        let key_file = match raw.key_file {
+            Some(p) if p.trim().is_empty() => {
+                self.err("batv.key_file", "must not be empty");
+                PathBuf::new()
+            }
+            Some(p) => PathBuf::from(p),
+            None => PathBuf::from("/etc/nobounce/batv.keys"),
+        };
+        BatvSection {
+            policy: BatvConfig {
+                enabled,
+                domains,
+                lifetime_days: u16::try_from(lifetime.as_secs() / 86_400)
+                    .unwrap_or(d.lifetime_days),
+                unsigned: self.choice(
+                    "batv.unsigned",
+                    raw.unsigned,
+                    &[("accept", Unsigned::Accept), ("reject", Unsigned::Reject)],
+                    d.unsigned,
+                ),
+            },
+            key_file,
         }
     }
 

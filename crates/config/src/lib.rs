@@ -26,7 +26,7 @@ pub mod locate;
 pub mod raw;
 
 use nobounce_core::{
-    clock::serialize_duration, dictionary::DictionaryConfig, dnsbl::DnsblConfig,
+    batv::BatvConfig, clock::serialize_duration, dictionary::DictionaryConfig, dnsbl::DnsblConfig,
     recipient::RecipientPolicy, spf::SpfConfig, Endpoint, EngineConfig,
 };
 use nobounce_recipients::RecipientsConfig;
@@ -75,6 +75,8 @@ pub struct Config {
     pub dictionary: DictionaryConfig,
     /// `[dnsbl]`.
     pub dnsbl: DnsblConfig,
+    /// `[batv]`.
+    pub batv: BatvSection,
     /// `[store]`.
     pub store: StoreConfig,
     /// Where each key was written, for errors found later.
@@ -137,6 +139,31 @@ fn serialize_optional_endpoint<S: Serializer>(
     match e {
         Some(e) => s.collect_str(e),
         None => s.serialize_str(""),
+    }
+}
+
+/// `[batv]`: the engine's settings, and where the keys are.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct BatvSection {
+    /// What the engine uses.
+    pub policy: BatvConfig,
+    /// The key file: lines `K SECRET`, the last one signs (read at start
+    /// and at each reload). Default `/etc/nobounce/batv.keys`.
+    pub key_file: PathBuf,
+}
+
+impl Serialize for BatvSection {
+    /// As the file writes it: `lifetime` as a duration in days.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let p = &self.policy;
+        let mut t = s.serialize_struct("batv", 5)?;
+        t.serialize_field("enabled", &p.enabled)?;
+        t.serialize_field("domains", &p.domains)?;
+        t.serialize_field("key_file", &self.key_file)?;
+        t.serialize_field("lifetime", &format!("{}d", p.lifetime_days))?;
+        t.serialize_field("unsigned", &p.unsigned)?;
+        t.end()
     }
 }
 
@@ -342,6 +369,7 @@ impl Config {
             recipients: self.recipients.policy.clone(),
             dictionary: self.dictionary.clone(),
             dnsbl: self.dnsbl.clone(),
+            batv: self.batv.policy.clone(),
         }
     }
 

@@ -74,7 +74,19 @@ raw_table!(
         recipients: RawRecipients,
         dictionary: RawDictionary,
         dnsbl: RawDnsbl,
+        batv: RawBatv,
         store: RawStore,
+    }
+);
+
+raw_table!(
+    /// `[batv]`.
+    RawBatv {
+        enabled: bool,
+        domains: Vec<String>,
+        key_file: String,
+        lifetime: RawDuration,
+        unsigned: String,
     }
 );
 

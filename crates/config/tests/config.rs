@@ -95,6 +95,13 @@ fn issue14_errors_are_at_their_own_line_in_every_table() {
             "policy.socket",
         ),
         ("[policy]\nidle_timeout = \"0s\"\n", 2, "policy.idle_timeout"),
+        ("[batv]\nenabled = true\n", 2, "batv.enabled"),
+        ("[batv]\nlifetime = \"36h\"\n", 2, "batv.lifetime"),
+        ("[batv]\nunsigned = \"bounce\"\n", 2, "batv.unsigned"),
+        ("[batv]\ndomains = [\"a.test\", \"x@y\"]\n", 2, "batv.domains[1]"),
+        ("[[dnsbl.zones]]\nzone = \"bad zone\"\n", 2, "dnsbl.zones[0].zone"),
+        ("[[dnsbl.zones]]\nzone = \"bl.test\"\nmode = \"sometimes\"\n", 3, "dnsbl.zones[0].mode"),
+        ("[dnsbl]\nexempt_recipients = [\"postmaster@x.test\"]\n", 2, "dnsbl.exempt_recipients[0]"),
     ];
     for (text, line, key) in cases {
         let e = error_of(text);

@@ -1,6 +1,7 @@
 //! The engine: configuration plus ports, shared by all connections.
 
 use crate::{
+    batv::{BatvConfig, BatvKeys},
     clock::{Clock, SystemClock},
     dictionary::DictionaryConfig,
     directory::RecipientDirectory,
@@ -36,6 +37,8 @@ pub struct EngineConfig {
     pub dictionary: DictionaryConfig,
     /// DNS block lists.
     pub dnsbl: DnsblConfig,
+    /// BATV: signed envelope senders, verified bounces.
+    pub batv: BatvConfig,
 }
 
 impl EngineConfig {
@@ -52,6 +55,7 @@ impl Default for EngineConfig {
             recipients: RecipientPolicy::default(),
             dictionary: DictionaryConfig::default(),
             dnsbl: DnsblConfig::default(),
+            batv: BatvConfig::default(),
         }
     }
 }
@@ -99,6 +103,7 @@ pub(crate) struct EngineInner {
     pub(crate) store: Arc<dyn StateStore>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) dns: Option<Arc<dyn TtlLookup>>,
+    pub(crate) batv_keys: Option<Arc<BatvKeys>>,
 }
 
 impl Engine {
@@ -111,6 +116,7 @@ impl Engine {
             store: None,
             clock: Arc::new(SystemClock),
             dns: None,
+            batv_keys: None,
         }
     }
 
@@ -135,6 +141,12 @@ impl Engine {
     /// headers, forged `Authentication-Results`).
     pub fn edits_headers(&self) -> bool {
         self.inner.config.spf.enabled
+    }
+
+    /// Whether end of message may change the envelope sender (BATV
+    /// signing). A milter asks the MTA for that action only then.
+    pub fn changes_sender(&self) -> bool {
+        self.inner.config.batv.enabled && self.inner.batv_keys.is_some()
     }
 
     /// The SPF verifier (shared, for example to keep a cache across reloads).
@@ -182,9 +194,17 @@ pub struct EngineBuilder {
     store: Option<Arc<dyn StateStore>>,
     clock: Arc<dyn Clock>,
     dns: Option<Arc<dyn TtlLookup>>,
+    batv_keys: Option<Arc<BatvKeys>>,
 }
 
 impl EngineBuilder {
+    /// Signs and verifies BATV addresses with `keys` (read from the key
+    /// file by the caller). Without keys, BATV does nothing.
+    pub fn batv_keys(mut self, keys: Arc<BatvKeys>) -> Self {
+        self.batv_keys = Some(keys);
+        self
+    }
+
     /// Asks DNS block lists through `lookup` (share the resolver SPF uses,
     /// so answers are cached for their TTL in one place). Without it, no
     /// list is asked, whatever `dnsbl.zones` says.
@@ -266,6 +286,7 @@ impl EngineBuilder {
                 store,
                 clock: self.clock,
                 dns: self.dns,
+                batv_keys: self.batv_keys,
             }),
         }
     }

@@ -31,6 +31,7 @@
 //!   [`dns::TtlLookup`] port.
 
 pub mod address;
+pub mod batv;
 pub mod clock;
 pub mod dictionary;
 pub mod directory;

@@ -2,7 +2,7 @@
 
 use crate::{
     address::{declared_size, EnvelopeAddress},
-    dictionary,
+    batv, dictionary,
     directory::{DirectoryError, RecipientQuery},
     dnsbl,
     engine::Engine,
@@ -48,6 +48,8 @@ pub struct EomPlan {
     pub delete_headers: Vec<(String, usize)>,
     /// Refuse the message instead (nothing to insert or delete then).
     pub refuse: Option<Verdict>,
+    /// The new envelope sender (a BATV-signed address), if it changes.
+    pub change_sender: Option<String>,
 }
 
 /// The most forged `Authentication-Results` headers removed from one
@@ -422,7 +424,10 @@ impl Session {
         if let Some(banned) = self.ban_in_force() {
             return self.finish(Stage::RcptTo, banned);
         }
-        let address = EnvelopeAddress::parse(recipient);
+        let mut address = EnvelopeAddress::parse(recipient);
+        if let Some(refused) = self.check_batv(&mut address) {
+            return self.finish(Stage::RcptTo, refused);
+        }
         if let Some(listed) = self.check_dnsbl(&address).await {
             return self.finish(Stage::RcptTo, listed);
         }
@@ -503,6 +508,83 @@ impl Session {
         let (verdict, _) =
             recipient::decide(&self.engine.inner.config.recipients, &recipient, answer);
         self.finish(Stage::EndOfMessage, verdict)
+    }
+
+    /// Whether the client is one of ours: authenticated, in a trusted
+    /// network, or no network client at all (a local submission).
+    fn client_is_ours(&self) -> bool {
+        self.msg.authenticated
+            || self
+                .conn
+                .client_ip
+                .is_none_or(|ip| self.engine.inner.config.spf.is_trusted(ip))
+    }
+
+    /// BATV at RCPT: a tagged recipient becomes the real address (for the
+    /// directory), and a bounce (null sender) to one of our domains must
+    /// come to a valid, unexpired tag; an unsigned one is refused only if
+    /// configured so. Bounces from our own clients are not checked.
+    fn check_batv(&mut self, recipient: &mut EnvelopeAddress) -> Option<Verdict> {
+        let engine = self.engine.clone();
+        let config = &engine.inner.config.batv;
+        let keys = engine.inner.batv_keys.as_ref().filter(|_| config.enabled)?;
+        let EnvelopeAddress::Mailbox { domain, .. } = &*recipient else {
+            return None;
+        };
+        if !config.is_ours(domain) {
+            return None;
+        }
+        let text = recipient.to_string();
+        let tagged = batv::parse(&text);
+        let real = tagged.as_ref().map(|t| EnvelopeAddress::parse(&t.address));
+        let must_verify = self
+            .msg
+            .sender
+            .as_ref()
+            .is_none_or(EnvelopeAddress::is_null)
+            && !self.client_is_ours();
+        let refuse = |why: &str, detail: String| Verdict::Reject {
+            reply: Reply::new(550, "5.7.1", why).expect("fixed codes of matching class"),
+            reason: Reason::new(Policy::Batv, detail),
+        };
+        let verdict = match (&tagged, must_verify) {
+            (Some(t), true) => {
+                match batv::verify(keys, t, config.lifetime_days, engine.inner.clock.now()) {
+                    batv::Check::Valid => None,
+                    batv::Check::Expired => Some(refuse(
+                        "Bounce to an expired address; we did not send this message recently",
+                        format!("expired BATV tag on {text}"),
+                    )),
+                    batv::Check::BadSignature => Some(refuse(
+                        "Bounce to an address we never sent from (bad BATV signature)",
+                        format!("bad BATV signature on {text}"),
+                    )),
+                }
+            }
+            (None, true) => {
+                info!(
+                    event = "batv_unsigned",
+                    queue_id = self.msg.queue_id.as_deref().unwrap_or("-"),
+                    client_ip = %display_ip(self.conn.client_ip),
+                    recipient = %text,
+                    action = if config.unsigned == batv::Unsigned::Reject { "reject" } else { "accept" },
+                    "bounce to an unsigned address"
+                );
+                (config.unsigned == batv::Unsigned::Reject).then(|| {
+                    refuse(
+                        "Bounce to an address we never sent from (no BATV signature)",
+                        format!("bounce to unsigned {text}"),
+                    )
+                })
+            }
+            (_, false) => None,
+        };
+        if verdict.is_none() {
+            if let Some(real) = real {
+                *recipient = real;
+            }
+        }
+        verdict
     }
 
     /// The DNS block lists' verdict for this message and `recipient`, when
@@ -675,6 +757,7 @@ impl Session {
             plan.delete_headers
                 .push(("Authentication-Results".into(), index));
         }
+        plan.change_sender = self.batv_signed_sender();
         if let (Some(outcome), Some(ip)) = (&self.msg.spf, self.conn.client_ip) {
             let authserv_id = self.authserv_id();
             let receiver = self
@@ -709,6 +792,32 @@ impl Session {
         }
         self.msg = Message::default();
         plan
+    }
+
+    /// The BATV-signed envelope sender for mail from one of our domains
+    /// sent by one of our clients (authenticated, trusted network, local
+    /// submission), unless already signed.
+    fn batv_signed_sender(&self) -> Option<String> {
+        let inner = &self.engine.inner;
+        let config = &inner.config.batv;
+        let keys = inner.batv_keys.as_ref().filter(|_| config.enabled)?;
+        let sender = self.msg.sender.as_ref()?;
+        let domain = sender.domain()?;
+        if !config.is_ours(domain) || !self.client_is_ours() {
+            return None;
+        }
+        let text = sender.to_string();
+        if batv::parse(&text).is_some() {
+            return None;
+        }
+        let signed = batv::sign(keys, &text, config.lifetime_days, inner.clock.now())?;
+        debug!(
+            queue_id = self.msg.queue_id.as_deref().unwrap_or("-"),
+            sender = %text,
+            signed = %signed,
+            "BATV: signing the envelope sender"
+        );
+        Some(format!("<{signed}>"))
     }
 
     /// The message was aborted (RSET, client gone): forget message facts.

@@ -14,6 +14,8 @@ pub enum Policy {
     Dictionary,
     /// DNS block lists.
     Dnsbl,
+    /// BATV (bounces to addresses we never sent from).
+    Batv,
     /// Trouble of our own (a backend failed): always a temporary failure.
     Internal,
 }
@@ -26,6 +28,7 @@ impl Policy {
             Self::Recipient => "recipient",
             Self::Dictionary => "dictionary",
             Self::Dnsbl => "dnsbl",
+            Self::Batv => "batv",
             Self::Internal => "internal",
         }
     }

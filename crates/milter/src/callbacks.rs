@@ -196,6 +196,11 @@ pub fn callbacks(engines: Arc<dyn EngineSource>) -> Callbacks<Conn> {
                 if let Some(refusal) = &plan.refuse {
                     return apply_verdict(&mut ctx.reply, refusal);
                 }
+                if let Some(sender) = plan.change_sender {
+                    if let Err(e) = ctx.actions.change_sender(sender, None::<CString>).await {
+                        warn!("cannot change the envelope sender: {e}");
+                    }
+                }
                 for (name, index) in plan.delete_headers {
                     let index = i32::try_from(index).unwrap_or(i32::MAX);
                     if let Err(e) = ctx
@@ -247,13 +252,19 @@ fn negotiate(
     opts: ProtoOpts,
     engine: nobounce_core::Engine,
 ) -> Status {
-    let wanted_actions = if engine.edits_headers() {
+    let mut wanted_actions = if engine.edits_headers() {
         Actions::ADD_HEADER | Actions::CHANGE_HEADER
     } else {
         Actions::empty()
     };
     if !actions.contains(wanted_actions) {
         warn!("MTA does not offer header actions; SPF headers will not be added");
+    }
+    if engine.changes_sender() {
+        if !actions.contains(Actions::CHANGE_SENDER) {
+            warn!("MTA does not offer to change the envelope sender; BATV will not sign");
+        }
+        wanted_actions |= Actions::CHANGE_SENDER;
     }
     ctx.requested_actions = actions & (wanted_actions | Actions::REQUEST_MACROS);
     let (headers, header_reply) = if engine.reads_headers() {

@@ -4,7 +4,8 @@
 
 use nobounce_config::{Config, ConfigErrors, DnsConfig};
 use nobounce_core::{
-    dns::TtlLookup, spf_cache::CachingVerifier, Engine, SpfVerifier, StateStore, SystemClock,
+    batv::BatvKeys, dns::TtlLookup, spf_cache::CachingVerifier, Engine, SpfVerifier, StateStore,
+    SystemClock,
 };
 use nobounce_dns::HickoryLookup;
 use nobounce_recipients::{build_reusing, Recipients};
@@ -102,12 +103,22 @@ impl Generation {
         } else {
             None
         };
+        let batv_keys = if config.batv.policy.enabled {
+            Some(Arc::new(read_batv_keys(&config.batv.key_file).map_err(
+                |e| ConfigErrors(vec![config.error_at("batv.key_file", e)]),
+            )?))
+        } else {
+            None
+        };
         let mut engine = Engine::builder(config.engine_config())
             .spf_verifier(Arc::clone(&resources.spf))
             .dns(Arc::clone(&resources.lookup))
             .store(Arc::clone(store));
         if let Some(r) = &recipients {
             engine = engine.directory(Arc::clone(&r.directory));
+        }
+        if let Some(keys) = batv_keys {
+            engine = engine.batv_keys(keys);
         }
         Ok(Self {
             config: Arc::new(config),
@@ -136,4 +147,18 @@ impl Generation {
     pub fn recipients(&self) -> Option<&Recipients> {
         self.recipients.as_deref()
     }
+}
+
+/// Reads the BATV key file: its secrets must not be readable by others.
+fn read_batv_keys(path: &std::path::Path) -> Result<BatvKeys, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        return Err(format!(
+            "{shown} is readable by every user: its keys sign our senders (chmod 0640)"
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+    BatvKeys::parse(&text).map_err(|e| format!("{shown}: {e}"))
 }
