@@ -193,6 +193,20 @@ pub trait StateStore: Send + Sync + Debug {
 
     /// All bans active at `now`, sorted by key.
     async fn list(&self, now: SystemTime) -> Result<Vec<Ban>, StoreError>;
+
+    /// Keeps the record `value` under `key` until `ttl` after `now`,
+    /// replacing any record of `key` (what the bounce guard remembers of an
+    /// accepted message). A zero `ttl` removes the record.
+    async fn put_record(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<(), StoreError>;
+
+    /// The record of `key`, unless it expired by `now`.
+    async fn get_record(&self, key: &str, now: SystemTime) -> Result<Option<String>, StoreError>;
 }
 
 /// Whole milliseconds since the Unix epoch (0 for earlier times, saturating
@@ -223,6 +237,8 @@ struct Entry {
     ban: Option<BanRecord>,
     /// Strike count and when it is forgotten.
     strikes: Option<(u32, u64)>,
+    /// A record and when it expires.
+    record: Option<(String, u64)>,
 }
 
 #[derive(Debug)]
@@ -243,10 +259,16 @@ impl Entry {
         if self.strikes.is_some_and(|(_, forget)| forget <= now) {
             self.strikes = None;
         }
+        if self.record.as_ref().is_some_and(|(_, until)| *until <= now) {
+            self.record = None;
+        }
     }
 
     fn is_empty(&self) -> bool {
-        self.seen.is_empty() && self.ban.is_none() && self.strikes.is_none()
+        self.seen.is_empty()
+            && self.ban.is_none()
+            && self.strikes.is_none()
+            && self.record.is_none()
     }
 
     fn live_strikes(&self, now: u64) -> u32 {
@@ -534,6 +556,28 @@ impl StateStore for MemoryStore {
         bans.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(bans)
     }
+
+    async fn put_record(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        let now = to_millis(now);
+        let until = now.saturating_add(duration_millis(ttl));
+        self.with_entry(key, now, |e| {
+            e.record = (until > now).then(|| (value.to_owned(), until));
+        });
+        Ok(())
+    }
+
+    async fn get_record(&self, key: &str, now: SystemTime) -> Result<Option<String>, StoreError> {
+        let now = to_millis(now);
+        Ok(self
+            .peek_entry(key, now, |e| e.record.as_ref().map(|(v, _)| v.clone()))
+            .flatten())
+    }
 }
 
 /// The store of a dry-run engine: reads the shared store, writes only to
@@ -608,6 +652,23 @@ impl StateStore for DryRunStore {
         }
         bans.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(bans)
+    }
+
+    async fn put_record(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.local.put_record(key, value, ttl, now).await
+    }
+
+    async fn get_record(&self, key: &str, now: SystemTime) -> Result<Option<String>, StoreError> {
+        match self.local.get_record(key, now).await? {
+            Some(v) => Ok(Some(v)),
+            None => self.shared.get_record(key, now).await,
+        }
     }
 }
 

@@ -485,6 +485,35 @@ impl<P: StateStore + 'static> StateStore for FallbackStore<P> {
         Ok(())
     }
 
+    /// Written to Redis, or locally while it is away (records are not
+    /// replayed: a bounce whose record is lost is held, never let out).
+    async fn put_record(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        match self
+            .shared(|| inner.primary.put_record(key, value, ttl, now))
+            .await
+        {
+            Some(()) => Ok(()),
+            None => inner.local.put_record(key, value, ttl, now).await,
+        }
+    }
+
+    /// Read from Redis; the local store answers for what was written there
+    /// during an outage, and while Redis is away.
+    async fn get_record(&self, key: &str, now: SystemTime) -> Result<Option<String>, StoreError> {
+        let inner = &self.inner;
+        match self.shared(|| inner.primary.get_record(key, now)).await {
+            Some(Some(v)) => Ok(Some(v)),
+            Some(None) | None => inner.local.get_record(key, now).await,
+        }
+    }
+
     async fn list(&self, now: SystemTime) -> Result<Vec<Ban>, StoreError> {
         let inner = &self.inner;
         match self.shared(|| inner.primary.list(now)).await {
@@ -569,6 +598,24 @@ mod tests {
         async fn list(&self, now: SystemTime) -> Result<Vec<Ban>, StoreError> {
             self.check().await?;
             self.inner.list(now).await
+        }
+        async fn put_record(
+            &self,
+            key: &str,
+            value: &str,
+            ttl: Duration,
+            now: SystemTime,
+        ) -> Result<(), StoreError> {
+            self.check().await?;
+            self.inner.put_record(key, value, ttl, now).await
+        }
+        async fn get_record(
+            &self,
+            key: &str,
+            now: SystemTime,
+        ) -> Result<Option<String>, StoreError> {
+            self.check().await?;
+            self.inner.get_record(key, now).await
         }
     }
 

@@ -395,6 +395,61 @@ impl StateStore for RedisStore {
         .map(drop)
     }
 
+    /// Stored as `UNTIL_MS VALUE` with a Redis expiry a minute past the
+    /// end, so that the record ends at `now + ttl` as the caller counts
+    /// time (tests run on virtual clocks), and Redis frees it anyway.
+    async fn put_record(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        let rkey = &self.key("rec", key);
+        let ttl_ms = duration_millis(ttl);
+        if ttl_ms == 0 {
+            return self
+                .run("put_record", |mut conn| async move {
+                    redis::cmd("DEL")
+                        .arg(rkey)
+                        .query_async::<i64>(&mut conn)
+                        .await
+                })
+                .await
+                .map(drop);
+        }
+        let until = to_millis(now).saturating_add(ttl_ms);
+        let stored = &format!("{until} {value}");
+        let expire = ttl_ms.saturating_add(60_000);
+        self.run("put_record", |mut conn| async move {
+            redis::cmd("SET")
+                .arg(rkey)
+                .arg(stored)
+                .arg("PX")
+                .arg(expire)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    async fn get_record(&self, key: &str, now: SystemTime) -> Result<Option<String>, StoreError> {
+        let rkey = &self.key("rec", key);
+        let stored: Option<String> = self
+            .run("get_record", |mut conn| async move {
+                redis::cmd("GET").arg(rkey).query_async(&mut conn).await
+            })
+            .await?;
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        let (until, value) = stored
+            .split_once(' ')
+            .and_then(|(u, v)| Some((u.parse::<u64>().ok()?, v)))
+            .ok_or_else(|| corrupt("record", &stored))?;
+        Ok((until > to_millis(now)).then(|| value.to_owned()))
+    }
+
     /// Scans the ban keys, then reads them in batches: each ban is read
     /// atomically, the list as a whole is not a snapshot (a ban made or
     /// ended during the scan may or may not be in it).

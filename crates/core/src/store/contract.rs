@@ -103,6 +103,52 @@ where
     odd_keys_members_and_reasons_round_trip(&a, &b).await;
     let (a, b) = make_pair().await;
     distinct_count_is_capped(&a, &b).await;
+    let (a, b) = make_pair().await;
+    records_are_shared_replaced_and_expire(&a, &b).await;
+}
+
+/// A record written by one host is read by the other, replaced by the
+/// next write, gone after its time to live, and independent of bans.
+pub async fn records_are_shared_replaced_and_expire(a: &impl StateStore, b: &impl StateStore) {
+    let now = Clock::new().now();
+    let key = "msg:mx.example:4NJQ1X6Zq2z9sR";
+    assert_eq!(b.get_record(key, now).await.unwrap(), None);
+    a.put_record(key, "spf=pass; auth=-", HOUR, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.get_record(key, now + Duration::from_secs(60))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("spf=pass; auth=-")
+    );
+    b.put_record(key, "spf=softfail \"x\" é", HOUR, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.get_record(key, now).await.unwrap().as_deref(),
+        Some("spf=softfail \"x\" é")
+    );
+    assert_eq!(
+        a.get_record(key, now + HOUR).await.unwrap(),
+        None,
+        "expired"
+    );
+    // A record beside a ban of the same key: neither disturbs the other.
+    let other = "192.0.2.9";
+    a.put_record(other, "r", HOUR, now).await.unwrap();
+    a.ban(other, now + HOUR, "test", now).await.unwrap();
+    assert_eq!(
+        b.get_record(other, now).await.unwrap().as_deref(),
+        Some("r")
+    );
+    assert!(b.ban_status(other, now).await.unwrap().is_some());
+    // A zero time to live removes it.
+    a.put_record(key, "gone", Duration::ZERO, now)
+        .await
+        .unwrap();
+    assert_eq!(b.get_record(key, now).await.unwrap(), None);
 }
 
 /// Adding the same member again does not count it twice, whichever host
