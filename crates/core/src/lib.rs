@@ -29,8 +29,11 @@
 //!   [`MemoryStore`]; [`dictionary`]: the dictionary-attack ban policy.
 //! - [`dnsbl`]: DNS block lists (backscatter lists in safe mode) over the
 //!   [`dns::TtlLookup`] port.
+//! - [`alias`]: per-correspondent aliases: the [`alias::AliasStore`] port
+//!   and making new, unguessable aliases ([`alias::AliasFormat`]).
 
 pub mod address;
+pub mod alias;
 pub mod batv;
 pub mod clock;
 pub mod dictionary;
