@@ -5,7 +5,7 @@
 use crate::{
     locate::Source,
     raw::{
-        RawBackend, RawBatv, RawCache, RawConfig, RawDictionary, RawDns, RawDnsbl, RawDuration,
+        RawBackend, RawBatv, RawBounceGuard, RawCache, RawConfig, RawDictionary, RawDns, RawDnsbl, RawDuration,
         RawLog, RawMilter, RawPolicy, RawRecipients, RawRedis, RawSpf, RawStore,
     },
     BatvSection, Config, ConfigError, ConfigErrors, ControlSocket, DnsConfig, LogConfig,
@@ -14,6 +14,7 @@ use crate::{
 use ipnet::IpNet;
 use nobounce_core::{
     batv::{BatvConfig, Unsigned},
+    bounce_guard::{BounceGuardConfig, GuardAction},
     dictionary::{DictionaryConfig, MAX_BAN},
     dnsbl::{DnsblConfig, DnsblMode, DnsblOnError, DnsblZone},
     recipient::{QuotaReply, RecipientPolicy},
@@ -269,6 +270,7 @@ impl<'a> Builder<'a> {
             dictionary: self.dictionary(raw.dictionary.unwrap_or_default()),
             dnsbl: self.dnsbl(raw.dnsbl.unwrap_or_default()),
             batv: self.batv(raw.batv.unwrap_or_default()),
+            bounce_guard: self.bounce_guard(raw.bounce_guard.unwrap_or_default()),
             store,
             source: SourceRef(None),
         }
@@ -999,6 +1001,51 @@ impl<'a> Builder<'a> {
                 "network",
             ),
         }
+    }
+
+    fn bounce_guard(&mut self, raw: RawBounceGuard) -> BounceGuardConfig {
+        let d = BounceGuardConfig::default();
+        let mut domains = Vec::new();
+        for (i, domain) in raw.domains.unwrap_or_default().into_iter().enumerate() {
+            match self.domain(&format!("bounce_guard.domains[{i}]"), &domain) {
+                Some(d) => domains.push(d),
+                None => continue,
+            }
+        }
+        BounceGuardConfig {
+            enabled: raw.enabled.unwrap_or(d.enabled),
+            action: self.choice(
+                "bounce_guard.action",
+                raw.action,
+                &[
+                    ("quarantine", GuardAction::Quarantine),
+                    ("discard", GuardAction::Discard),
+                ],
+                d.action,
+            ),
+            domains,
+            record_lifetime: self.duration(
+                "bounce_guard",
+                "record_lifetime",
+                raw.record_lifetime,
+                None,
+                Unit::Secs,
+                d.record_lifetime,
+                Duration::from_secs(3600),
+                30 * DAY,
+            ),
+        }
+    }
+
+    /// A domain name as written in a list, lower case without the final
+    /// dot; `None` (and an error at `key`) for anything else.
+    fn domain(&mut self, key: &str, text: &str) -> Option<String> {
+        let name = text.trim().trim_end_matches('.').to_ascii_lowercase();
+        if name.is_empty() || name.contains(['@', ' ']) || name.chars().any(char::is_control) {
+            self.err(key, format!("{text:?} is not a domain"));
+            return None;
+        }
+        Some(name)
     }
 
     fn batv(&mut self, raw: RawBatv) -> BatvSection {

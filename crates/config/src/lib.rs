@@ -26,7 +26,7 @@ pub mod locate;
 pub mod raw;
 
 use nobounce_core::{
-    batv::BatvConfig, clock::serialize_duration, dictionary::DictionaryConfig, dnsbl::DnsblConfig,
+    batv::BatvConfig, bounce_guard::BounceGuardConfig, clock::serialize_duration, dictionary::DictionaryConfig, dnsbl::DnsblConfig,
     recipient::RecipientPolicy, spf::SpfConfig, Endpoint, EngineConfig,
 };
 use nobounce_recipients::RecipientsConfig;
@@ -77,6 +77,8 @@ pub struct Config {
     pub dnsbl: DnsblConfig,
     /// `[batv]`.
     pub batv: BatvSection,
+    /// `[bounce_guard]`.
+    pub bounce_guard: BounceGuardConfig,
     /// `[store]`.
     pub store: StoreConfig,
     /// Where each key was written, for errors found later.
@@ -370,6 +372,7 @@ impl Config {
             dictionary: self.dictionary.clone(),
             dnsbl: self.dnsbl.clone(),
             batv: self.batv.policy.clone(),
+            bounce_guard: self.bounce_guard.clone(),
         }
     }
 

@@ -75,7 +75,18 @@ raw_table!(
         dictionary: RawDictionary,
         dnsbl: RawDnsbl,
         batv: RawBatv,
+        bounce_guard: RawBounceGuard,
         store: RawStore,
+    }
+);
+
+raw_table!(
+    /// `[bounce_guard]`.
+    RawBounceGuard {
+        enabled: bool,
+        action: String,
+        domains: Vec<String>,
+        record_lifetime: RawDuration,
     }
 );
 

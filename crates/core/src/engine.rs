@@ -2,6 +2,7 @@
 
 use crate::{
     batv::{BatvConfig, BatvKeys},
+    bounce_guard::BounceGuardConfig,
     clock::{Clock, SystemClock},
     dictionary::DictionaryConfig,
     directory::RecipientDirectory,
@@ -39,6 +40,8 @@ pub struct EngineConfig {
     pub dnsbl: DnsblConfig,
     /// BATV: signed envelope senders, verified bounces.
     pub batv: BatvConfig,
+    /// The bounce guard.
+    pub bounce_guard: BounceGuardConfig,
 }
 
 impl EngineConfig {
@@ -56,6 +59,7 @@ impl Default for EngineConfig {
             dictionary: DictionaryConfig::default(),
             dnsbl: DnsblConfig::default(),
             batv: BatvConfig::default(),
+            bounce_guard: BounceGuardConfig::default(),
         }
     }
 }
@@ -134,7 +138,14 @@ impl Engine {
     /// `Authentication-Results` are looked for while SPF is on). A front
     /// end need not pass headers otherwise.
     pub fn reads_headers(&self) -> bool {
-        self.inner.config.spf.enabled
+        self.inner.config.spf.enabled || self.inner.config.bounce_guard.enabled
+    }
+
+    /// Whether any rule reads message bodies: the bounce guard reads the
+    /// delivery status part of the MTA's own bounces, and no other body
+    /// (see [`Session::wants_body`]).
+    pub fn reads_bodies(&self) -> bool {
+        self.inner.config.bounce_guard.enabled
     }
 
     /// Whether end of message may insert or delete headers (the SPF trace

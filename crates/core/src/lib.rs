@@ -35,6 +35,7 @@
 pub mod address;
 pub mod alias;
 pub mod batv;
+pub mod bounce_guard;
 pub mod clock;
 pub mod dictionary;
 pub mod directory;

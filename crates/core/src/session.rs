@@ -2,7 +2,7 @@
 
 use crate::{
     address::{declared_size, EnvelopeAddress},
-    batv, dictionary,
+    batv, bounce_guard, dictionary,
     directory::{DirectoryError, RecipientQuery},
     dnsbl,
     engine::Engine,
@@ -50,6 +50,11 @@ pub struct EomPlan {
     pub refuse: Option<Verdict>,
     /// The new envelope sender (a BATV-signed address), if it changes.
     pub change_sender: Option<String>,
+    /// Hold the message in the MTA's quarantine, with this reason (bounce
+    /// guard).
+    pub quarantine: Option<String>,
+    /// Discard the message (bounce guard, `action = "discard"`).
+    pub discard: bool,
 }
 
 /// The most forged `Authentication-Results` headers removed from one
@@ -71,6 +76,9 @@ struct Connection {
     helo_outcome: Option<(String, SpfOutcome)>,
     /// Set when the client got banned during this connection.
     banned: Option<Verdict>,
+    /// The MTA's own mail (a local submission, a bounce it generated):
+    /// never refused; recorded and, for bounces, guarded.
+    internal: bool,
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +94,12 @@ struct Message {
     dnsbl: Option<Verdict>,
     ar_headers_seen: usize,
     forged_ar: Vec<usize>,
+    /// The MIME boundary of a `multipart/report` delivery status
+    /// notification (bounce guard).
+    report_boundary: Option<String>,
+    /// The start of such a message's body (at most
+    /// [`bounce_guard::MAX_SCANNED`] bytes).
+    body: Vec<u8>,
 }
 
 /// A per-connection session: feed it what the MTA says, get verdicts back.
@@ -212,6 +226,16 @@ impl Session {
         }
     }
 
+    /// Marks this connection as the MTA's own mail: a local submission, or
+    /// mail the MTA generated (bounces). Postfix's cleanup shows such mail to
+    /// `non_smtpd_milters` as client 127.0.0.1 port 0. Nothing of it is ever
+    /// refused (Postfix would defer it as a "milter configuration error");
+    /// it is recorded for the bounce guard, and bounces are judged by it.
+    pub fn set_internal(&mut self) {
+        self.conn.internal = true;
+        self.conn.banned = None;
+    }
+
     /// HELO or EHLO with `helo`. Never refused (see [`Self::connect`]).
     pub async fn helo(&mut self, helo: &str) -> Verdict {
         self.conn.helo = Some(helo.trim().to_owned());
@@ -248,6 +272,9 @@ impl Session {
             declared_size: declared_size(esmtp_args.iter().copied()),
             ..Default::default()
         };
+        if self.conn.internal {
+            return Verdict::Continue;
+        }
         if let Some(banned) = self.ban_in_force() {
             return self.finish(Stage::MailFrom, banned);
         }
@@ -421,6 +448,14 @@ impl Session {
 
     /// RCPT TO with `recipient`.
     pub async fn rcpt_to(&mut self, recipient: &str) -> Verdict {
+        if self.conn.internal {
+            if self.msg.recipients.len() < MAX_TRACKED_RECIPIENTS {
+                self.msg
+                    .recipients
+                    .push(EnvelopeAddress::parse(recipient).to_string());
+            }
+            return Verdict::Continue;
+        }
         if let Some(banned) = self.ban_in_force() {
             return self.finish(Stage::RcptTo, banned);
         }
@@ -513,7 +548,8 @@ impl Session {
     /// Whether the client is one of ours: authenticated, in a trusted
     /// network, or no network client at all (a local submission).
     fn client_is_ours(&self) -> bool {
-        self.msg.authenticated
+        self.conn.internal
+            || self.msg.authenticated
             || self
                 .conn
                 .client_ip
@@ -698,6 +734,9 @@ impl Session {
     /// A header of the message (for forged `Authentication-Results`: one
     /// with our authserv-id, or one whose id cannot be read).
     pub fn header(&mut self, name: &str, value: &str) {
+        if self.guards_this_bounce() && name.eq_ignore_ascii_case("Content-Type") {
+            self.msg.report_boundary = bounce_guard::report_boundary(value);
+        }
         if name.eq_ignore_ascii_case("Authentication-Results") {
             self.msg.ar_headers_seen += 1;
             let ours = self.authserv_id();
@@ -719,9 +758,181 @@ impl Session {
             .unwrap_or_else(|| "localhost".into())
     }
 
-    /// End of message: the headers to add and remove.
-    pub fn end_of_message(&mut self) -> EomPlan {
+    /// Whether this message is one the bounce guard judges: the MTA's own
+    /// mail with a null sender.
+    fn guards_this_bounce(&self) -> bool {
+        self.engine.inner.config.bounce_guard.enabled
+            && self.conn.internal
+            && self
+                .msg
+                .sender
+                .as_ref()
+                .is_some_and(EnvelopeAddress::is_null)
+    }
+
+    /// Whether the body of this message is wanted: only that of a bounce
+    /// the guard judges, until its delivery status part is read.
+    pub fn wants_body(&self) -> bool {
+        self.guards_this_bounce()
+            && self.msg.report_boundary.is_some()
+            && self.msg.body.len() < bounce_guard::MAX_SCANNED
+    }
+
+    /// A chunk of the message body (see [`Self::wants_body`]).
+    pub fn body(&mut self, chunk: &[u8]) {
+        if self.wants_body() {
+            let room = bounce_guard::MAX_SCANNED - self.msg.body.len();
+            self.msg
+                .body
+                .extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+    }
+
+    /// The key the record of the current message is kept under.
+    fn record_key(&self) -> Option<String> {
+        let id = self.msg.queue_id.as_deref()?;
+        let host = self.conn.mta_hostname.as_deref().unwrap_or("localhost");
+        Some(bounce_guard::record_key(host, id))
+    }
+
+    /// Remembers what was seen of an accepted message, for the bounce guard.
+    async fn record_message(&self) {
+        let inner = &self.engine.inner;
+        let guard = &inner.config.bounce_guard;
+        let Some(key) = self.record_key() else {
+            return;
+        };
+        let spf = self.msg.spf.as_ref();
+        let spf_pass = spf.is_some_and(|o| matches!(o.answer.result, SpfResult::Pass));
+        let verified = if self.conn.internal {
+            Some(bounce_guard::Verified::LocalSubmission)
+        } else if self.msg.authenticated {
+            Some(bounce_guard::Verified::Authenticated)
+        } else if self
+            .conn
+            .client_ip
+            .is_some_and(|ip| inner.config.spf.is_trusted(ip))
+        {
+            Some(bounce_guard::Verified::TrustedNetwork)
+        } else if spf_pass {
+            Some(bounce_guard::Verified::SpfPass)
+        } else {
+            None
+        };
+        let record = bounce_guard::MessageRecord {
+            verified,
+            spf: spf.map_or_else(
+                || "-".to_owned(),
+                |o| spf::result_name(&o.answer.result).to_owned(),
+            ),
+            client: display_ip(self.conn.client_ip),
+            sender: self
+                .msg
+                .sender
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        };
+        let encoded = record.encode();
+        let put = inner
+            .store
+            .put_record(&key, &encoded, guard.record_lifetime, inner.clock.now());
+        match tokio::time::timeout(self.command_timeout(), put).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(
+                event = "record_failed",
+                key, "state store failed, message not recorded: {e}"
+            ),
+            Err(_) => warn!(
+                event = "record_failed",
+                key, "state store too slow, message not recorded"
+            ),
+        }
+    }
+
+    /// The bounce guard's judgement of this bounce: what to do at end of
+    /// message (never a refusal).
+    async fn guard_bounce(&self, plan: &mut EomPlan) {
+        let inner = &self.engine.inner;
+        let guard = &inner.config.bounce_guard;
+        let facts = self
+            .msg
+            .report_boundary
+            .as_deref()
+            .map(|b| bounce_guard::scan_dsn(&self.msg.body, b))
+            .unwrap_or_default();
+        let to_ours = !self.msg.recipients.is_empty()
+            && self.msg.recipients.iter().all(|r| {
+                EnvelopeAddress::parse(r)
+                    .domain()
+                    .is_some_and(|d| guard.is_ours(d))
+            });
+        let record = match (&facts.queue_id, to_ours) {
+            (Some(id), false) if bounce_guard::is_long_queue_id(id) => {
+                let host = self.conn.mta_hostname.as_deref().unwrap_or("localhost");
+                let key = bounce_guard::record_key(host, id);
+                match tokio::time::timeout(
+                    self.command_timeout(),
+                    inner.store.get_record(&key, inner.clock.now()),
+                )
+                .await
+                {
+                    Ok(Ok(r)) => Ok(r.as_deref().and_then(bounce_guard::MessageRecord::decode)),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("state store too slow".to_owned()),
+                }
+            }
+            _ => Ok(None),
+        };
+        let judgement = bounce_guard::judge(&facts, to_ours, record);
+        let recipient = self.msg.recipients.first().map_or("-", String::as_str);
+        match judgement {
+            bounce_guard::Judgement::Send(why) => info!(
+                event = "bounce_sent",
+                queue_id = self.msg.queue_id.as_deref().unwrap_or("-"),
+                original_queue_id = facts.queue_id.as_deref().unwrap_or("-"),
+                recipient,
+                why = %why,
+                "bounce guard: bounce may go out"
+            ),
+            bounce_guard::Judgement::Hold(why) => {
+                let dry_run = inner.config.dry_run;
+                info!(
+                    event = "bounce_held",
+                    queue_id = self.msg.queue_id.as_deref().unwrap_or("-"),
+                    original_queue_id = facts.queue_id.as_deref().unwrap_or("-"),
+                    original_sender = facts.sender.as_deref().unwrap_or("-"),
+                    recipient,
+                    action = if guard.action == bounce_guard::GuardAction::Discard { "discard" } else { "quarantine" },
+                    dry_run,
+                    reason = %why,
+                    "{}",
+                    if dry_run { "dry run: bounce guard would have held this bounce" } else { "bounce guard: bounce held, it may be backscatter" }
+                );
+                if !dry_run {
+                    match guard.action {
+                        bounce_guard::GuardAction::Quarantine => {
+                            plan.quarantine = Some(format!("nobounce: {why}"));
+                        }
+                        bounce_guard::GuardAction::Discard => plan.discard = true,
+                    }
+                }
+            }
+        }
+    }
+
+    /// End of message: the headers to add and remove, the envelope sender
+    /// to change, and (bounce guard) what to record or hold.
+    pub async fn end_of_message(&mut self) -> EomPlan {
         let mut plan = EomPlan::default();
+        if self.engine.inner.config.bounce_guard.enabled {
+            if self.guards_this_bounce() {
+                self.guard_bounce(&mut plan).await;
+                self.msg = Message::default();
+                return plan;
+            }
+            self.record_message().await;
+        }
         if self.msg.forged_ar.len() > MAX_FORGED_AR {
             let reply = Reply::new(
                 550,

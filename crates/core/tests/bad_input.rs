@@ -175,7 +175,7 @@ async fn whole_sessions_with_garbage_never_panic_and_reply_safely() {
             };
             s.header(&name, &rng.nasty());
         }
-        let plan = s.end_of_message();
+        let plan = s.end_of_message().await;
         for (name, value) in &plan.insert_headers {
             assert!(!name.contains(['\r', '\n', '\0']), "{name:?}");
             assert!(!value.contains(['\r', '\n', '\0']), "{value:?}");

@@ -154,7 +154,7 @@ proptest! {
             for r in &rcpts {
                 check(&s.rcpt_to(r).await);
             }
-            if let Some(v) = s.end_of_message().refuse {
+            if let Some(v) = s.end_of_message().await.refuse {
                 check(&v);
             }
         });

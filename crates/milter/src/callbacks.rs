@@ -30,10 +30,10 @@ const MACROS: &[(MacroStage, &str)] = &[
     (MacroStage::Eom, "i"),
 ];
 
-/// Stages nobounce never reads: the MTA skips them (`SMFIP_NO*`).
+/// Stages nobounce never reads: the MTA skips them (`SMFIP_NO*`). The body
+/// is skipped too unless the bounce guard is on.
 const SKIPPED: ProtoOpts = ProtoOpts::NO_DATA
     .union(ProtoOpts::NO_EOH)
-    .union(ProtoOpts::NO_BODY)
     .union(ProtoOpts::NO_UNKNOWN);
 
 /// Stages at which nobounce always continues: the MTA does not wait for a
@@ -106,6 +106,10 @@ pub fn callbacks(engines: Arc<dyn EngineSource>) -> Callbacks<Conn> {
         })
         .on_connect(|ctx, hostname, socket_info| {
             Box::pin(async move {
+                // Postfix's cleanup shows the MTA's own mail (local
+                // submissions, bounces) to non_smtpd_milters as client
+                // 127.0.0.1 port 0; no TCP client has port 0.
+                let internal = matches!(&socket_info, SocketInfo::Inet(a) if a.port() == 0 && a.ip().is_loopback());
                 let ip: Option<IpAddr> = match socket_info {
                     SocketInfo::Inet(addr) => Some(addr.ip()),
                     _ => macro_str(&ctx.macros, c"{client_addr}").and_then(|a| a.parse().ok()),
@@ -118,6 +122,9 @@ pub fn callbacks(engines: Arc<dyn EngineSource>) -> Callbacks<Conn> {
                     .session
                     .connect(ip, &lossy(&hostname), mta.as_deref())
                     .await;
+                if internal {
+                    conn.session.set_internal();
+                }
                 conn.status(ProtoOpts::NOREPLY_CONNECT, &mut ctx.reply, &verdict)
             })
         })
@@ -184,6 +191,23 @@ pub fn callbacks(engines: Arc<dyn EngineSource>) -> Callbacks<Conn> {
                 )
             })
         })
+        .on_body(|ctx, chunk| {
+            Box::pin(async move {
+                let Some(conn) = ctx.data.as_mut() else {
+                    return Status::Continue;
+                };
+                if !conn.session.wants_body() {
+                    // The MTA sends no more of this body (SMFIP_SKIP).
+                    return Status::Skip;
+                }
+                conn.session.body(&chunk);
+                if conn.session.wants_body() {
+                    Status::Continue
+                } else {
+                    Status::Skip
+                }
+            })
+        })
         .on_eom(|ctx: &mut EomContext<Conn>| {
             Box::pin(async move {
                 let Some(conn) = ctx.data.as_mut() else {
@@ -192,9 +216,18 @@ pub fn callbacks(engines: Arc<dyn EngineSource>) -> Callbacks<Conn> {
                 if let Some(id) = macro_str(&ctx.macros, c"i") {
                     conn.session.set_queue_id(id);
                 }
-                let plan = conn.session.end_of_message();
+                let plan = conn.session.end_of_message().await;
                 if let Some(refusal) = &plan.refuse {
                     return apply_verdict(&mut ctx.reply, refusal);
+                }
+                if plan.discard {
+                    return Status::Discard;
+                }
+                if let Some(reason) = plan.quarantine {
+                    if let Err(e) = ctx.actions.quarantine(reason).await {
+                        // Not held: never worse than without the guard.
+                        warn!("cannot quarantine the message: {e}");
+                    }
                 }
                 if let Some(sender) = plan.change_sender {
                     if let Err(e) = ctx.actions.change_sender(sender, None::<CString>).await {
@@ -260,6 +293,10 @@ fn negotiate(
     if !actions.contains(wanted_actions) {
         warn!("MTA does not offer header actions; SPF headers will not be added");
     }
+    if engine.reads_bodies() {
+        // The bounce guard holds bounces in the MTA's quarantine.
+        wanted_actions |= Actions::QUARANTINE;
+    }
     if engine.changes_sender() {
         if !actions.contains(Actions::CHANGE_SENDER) {
             warn!("MTA does not offer to change the envelope sender; BATV will not sign");
@@ -272,8 +309,14 @@ fn negotiate(
     } else {
         (ProtoOpts::NO_HEADER, ProtoOpts::empty())
     };
+    let body = if engine.reads_bodies() {
+        ProtoOpts::empty()
+    } else {
+        ProtoOpts::NO_BODY
+    };
     // See the recipients the MTA rejected itself (dictionary attacks).
-    let requested = opts & (SKIPPED | headers | NO_REPLY | header_reply | ProtoOpts::REJECTED_RCPT);
+    let requested =
+        opts & (SKIPPED | headers | body | NO_REPLY | header_reply | ProtoOpts::REJECTED_RCPT);
     ctx.requested_opts = requested;
     if actions.contains(Actions::REQUEST_MACROS) {
         for (stage, list) in MACROS {

@@ -180,10 +180,15 @@ pub struct ControlSocket {
 /// and writable by no one else.
 fn own_directory(dir: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            // The mode given above is subject to the umask, which another
+            // bind may have changed for a moment (it is per process).
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        }
         Err(e) => Err(e),
         Ok(meta) => {
             let me = effective_uid();

@@ -638,6 +638,33 @@ impl PostfixInstance {
         }
     }
 
+    /// Runs `postsuper -c DIR ARGS` (as an admin would: `-H ID` releases a
+    /// held message, `-d ID` deletes one) and returns its output.
+    pub async fn postsuper(&self, args: &[&str]) -> io::Result<String> {
+        let postsuper = crate::find_binary("postsuper")
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "postsuper not found"))?;
+        let out = Command::new(postsuper)
+            .arg("-c")
+            .arg(&self.conf_dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .await?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(io::Error::other(format!(
+                "postsuper {args:?} failed ({}): {text}",
+                out.status
+            )))
+        }
+    }
+
     /// Stops Postfix now (also done on drop) and returns the final log.
     pub fn stop(mut self) -> String {
         self.shutdown();
