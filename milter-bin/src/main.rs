@@ -35,6 +35,14 @@ enum Command {
     /// configured store: Redis directly, or the running milter's memory
     /// through its control socket.
     Ban(BanArgs),
+    /// Count the bounces this server generated, from its logs: Postfix
+    /// (`maillog`), Sendmail (DSN lines) or qmail-send. Prints how many,
+    /// to which sender domains, for which reasons, per day, and how many
+    /// nobounce would have refused at RCPT TO instead (unknown user, full
+    /// or disabled mailbox). Reads FILEs (rotated sets oldest first, `.gz`
+    /// decompressed), `-` or no FILE for standard input; exit 1 when a file
+    /// cannot be read.
+    Audit(AuditArgs),
     /// The qmail plugin, run by qmail-smtpd for each command: for the
     /// qmail-spp patch (`[mail]` and `[rcpt]` sections of
     /// control/smtpplugins) or the RCPTCHECK patch. It reads qmail-smtpd's
@@ -51,6 +59,17 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+struct AuditArgs {
+    /// Log files: `maillog`, `maillog.1`, `maillog.2.gz`, ... in any order
+    /// (each rotated set is read oldest first); `-` is standard input.
+    #[arg(value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -137,6 +156,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Config(ConfigCommand::Check { file }) => check(&file),
         Command::Run(args) => run(args),
+        Command::Audit(args) => audit(args),
         Command::QmailSpp(args) => qmail_spp(args),
         Command::Completions { shell } => completions(shell),
         Command::Ban(args) => match runtime().and_then(|rt| rt.block_on(ban(args))) {
@@ -222,6 +242,31 @@ fn qmail_spp(args: QmailArgs) -> ExitCode {
     }
     print!("{}", outcome.stdout);
     ExitCode::from(outcome.exit)
+}
+
+fn audit(args: AuditArgs) -> ExitCode {
+    use std::io::Write as _;
+    let report = match nobounce_audit::audit_files(&args.files, nobounce_audit::Limits::default())
+    {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("nobounce: audit: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = if args.json {
+        report.to_json() + "\n"
+    } else {
+        report.to_table()
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nobounce: audit: cannot write the report: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn print_ban(b: &Ban) {
