@@ -246,8 +246,7 @@ fn qmail_spp(args: QmailArgs) -> ExitCode {
 
 fn audit(args: AuditArgs) -> ExitCode {
     use std::io::Write as _;
-    let report = match nobounce_audit::audit_files(&args.files, nobounce_audit::Limits::default())
-    {
+    let report = match nobounce_audit::audit_files(&args.files, nobounce_audit::Limits::default()) {
         Ok(report) => report,
         Err(e) => {
             eprintln!("nobounce: audit: {e}");
@@ -260,7 +259,10 @@ fn audit(args: AuditArgs) -> ExitCode {
         report.to_table()
     };
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nobounce: audit: cannot write the report: {e}");
