@@ -257,6 +257,7 @@ impl<'a> Builder<'a> {
         let spf = self.spf(raw.spf.unwrap_or_default(), command_timeout);
         let recipients = self.recipients(raw.recipients.unwrap_or_default(), command_timeout);
         let store = self.store(raw.store.unwrap_or_default(), command_timeout);
+        let aliases = self.aliases(raw.aliases.unwrap_or_default(), &socket, &policy, &store);
         Config {
             socket,
             dry_run: raw.dry_run.unwrap_or(engine.dry_run),
@@ -272,6 +273,7 @@ impl<'a> Builder<'a> {
             batv: self.batv(raw.batv.unwrap_or_default()),
             bounce_guard: self.bounce_guard(raw.bounce_guard.unwrap_or_default()),
             store,
+            aliases,
             source: SourceRef(None),
         }
     }
@@ -1178,6 +1180,136 @@ impl<'a> Builder<'a> {
                 })
                 .unwrap_or(d.exempt_recipients),
             allow_list: self.list::<IpNet>("dnsbl.allow_list", raw.allow_list, d.allow_list, "network"),
+        }
+    }
+
+    /// `[aliases]`: the alias domains, the store, the format of new
+    /// aliases, the socketmap service.
+    fn aliases(
+        &mut self,
+        raw: crate::raw::RawAliases,
+        socket: &Endpoint,
+        policy: &PolicyConfig,
+        store: &StoreConfig,
+    ) -> crate::AliasesConfig {
+        use crate::AliasBackend;
+        use nobounce_core::alias::{
+            check_mailbox, AliasFormat, DEFAULT_FORMAT, DEFAULT_RANDOM_LENGTH, RANDOM_LENGTH_RANGE,
+        };
+        let mut domains: Vec<String> = Vec::new();
+        for (i, text) in raw.domains.unwrap_or_default().into_iter().enumerate() {
+            let key = format!("aliases.domains[{i}]");
+            let name = text.trim().trim_end_matches('.').to_ascii_lowercase();
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !valid {
+                self.err(&key, format!("{text:?} is not a domain"));
+            } else if domains.contains(&name) {
+                self.err(&key, format!("{name} is listed twice"));
+            } else {
+                domains.push(name);
+            }
+        }
+        let backend = self.choice(
+            "aliases.store",
+            raw.store,
+            &[
+                ("sqlite", AliasBackend::Sqlite),
+                ("redis", AliasBackend::Redis),
+            ],
+            AliasBackend::Sqlite,
+        );
+        // [store] checks the URL only when it uses Redis itself.
+        if backend == AliasBackend::Redis && store.backend != StoreBackend::Redis {
+            if let Err(why) = check_url(&store.redis.url) {
+                self.err("store.redis.url", why);
+            }
+        }
+        let default_path = PathBuf::from("/var/lib/nobounce/aliases.db");
+        let path = match raw.path {
+            None => default_path,
+            // Absolute: the daemon and the CLI must open the same file
+            // whatever their working directories.
+            Some(p) if p.starts_with('/') && !p.ends_with('/') && !p.contains('\0') => {
+                PathBuf::from(p)
+            }
+            Some(p) => {
+                self.err(
+                    "aliases.path",
+                    format!("{p:?}: give the absolute path of a file"),
+                );
+                default_path
+            }
+        };
+        let random_length = self.number(
+            "aliases.random_length",
+            raw.random_length,
+            DEFAULT_RANDOM_LENGTH,
+            i64::try_from(*RANDOM_LENGTH_RANGE.start()).unwrap_or(5),
+            i64::try_from(*RANDOM_LENGTH_RANGE.end()).unwrap_or(32),
+        );
+        let format = match AliasFormat::new(
+            raw.format.as_deref().unwrap_or(DEFAULT_FORMAT),
+            random_length,
+        ) {
+            Ok(f) => f,
+            Err(why) => {
+                self.err("aliases.format", why);
+                AliasFormat::default()
+            }
+        };
+        let default_mailbox = match raw.default_mailbox.filter(|m| !m.trim().is_empty()) {
+            None => None,
+            Some(m) => match check_mailbox(&m, &domains) {
+                Ok(m) => Some(m),
+                Err(why) => {
+                    self.err("aliases.default_mailbox", why);
+                    None
+                }
+            },
+        };
+        let socketmap = match raw.socketmap.filter(|s| !s.trim().is_empty()) {
+            None => None,
+            Some(text) => match text.parse::<Endpoint>() {
+                Ok(e) => match e.listen_addr() {
+                    Ok(_) if &e == socket || policy.socket.as_ref() == Some(&e) => {
+                        self.err(
+                            "aliases.socketmap",
+                            format!("{e} is taken by the milter or the policy service: give the socketmap service its own"),
+                        );
+                        None
+                    }
+                    Ok(_) if domains.is_empty() => {
+                        self.err(
+                            "aliases.socketmap",
+                            "the socketmap service needs aliases.domains, the domains it answers for",
+                        );
+                        None
+                    }
+                    Ok(_) => Some(e),
+                    Err(why) => {
+                        self.err("aliases.socketmap", why);
+                        None
+                    }
+                },
+                Err(why) => {
+                    self.err("aliases.socketmap", why);
+                    None
+                }
+            },
+        };
+        crate::AliasesConfig {
+            domains,
+            store: backend,
+            path,
+            format,
+            default_mailbox,
+            socketmap,
         }
     }
 

@@ -81,6 +81,8 @@ pub struct Config {
     pub bounce_guard: BounceGuardConfig,
     /// `[store]`.
     pub store: StoreConfig,
+    /// `[aliases]`.
+    pub aliases: AliasesConfig,
     /// Where each key was written, for errors found later.
     #[serde(skip)]
     source: SourceRef,
@@ -299,6 +301,74 @@ pub struct StoreConfig {
     pub control_socket: ControlSocket,
     /// `[store.redis]`, for `backend = "redis"`.
     pub redis: RedisConfig,
+}
+
+/// Where aliases live (`[aliases] store`).
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AliasBackend {
+    /// An SQLite file on this host (`[aliases] path`). The default.
+    #[default]
+    Sqlite,
+    /// Redis (`[store.redis]`), shared by several MX hosts.
+    Redis,
+}
+
+/// `[aliases]`: per-correspondent aliases (docs/aliases.md, issue 11).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AliasesConfig {
+    /// The alias domains, lower case without a trailing dot. Empty (the
+    /// default): no aliases.
+    pub domains: Vec<String>,
+    /// Where aliases live. Restart to change.
+    pub store: AliasBackend,
+    /// The SQLite file (`store = "sqlite"`), shared by the daemon and
+    /// `nobounce alias`. Default `/var/lib/nobounce/aliases.db`. Restart to
+    /// change.
+    pub path: PathBuf,
+    /// How new aliases look (`format`, `random_length`). Default
+    /// `{correspondent}.{random}` with 5 random characters.
+    pub format: nobounce_core::alias::AliasFormat,
+    /// The mailbox of `nobounce alias new` without `--mailbox`; `None`
+    /// (`""`, the default): `--mailbox` is required.
+    pub default_mailbox: Option<String>,
+    /// Where the Postfix socketmap service listens (`inet:HOST:PORT` or
+    /// `unix:PATH`); `None` (`""`, the default): not served. A unix socket
+    /// gets the mode, owner and group of `[milter]`. Restart to change.
+    pub socketmap: Option<Endpoint>,
+}
+
+impl AliasesConfig {
+    /// Whether aliases are configured (some alias domain is).
+    pub fn is_enabled(&self) -> bool {
+        !self.domains.is_empty()
+    }
+}
+
+impl Serialize for AliasesConfig {
+    /// As the file writes it.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut t = s.serialize_struct("aliases", 7)?;
+        t.serialize_field("domains", &self.domains)?;
+        t.serialize_field("store", &self.store)?;
+        t.serialize_field("path", &self.path)?;
+        t.serialize_field("format", self.format.template())?;
+        t.serialize_field("random_length", &self.format.random_length())?;
+        t.serialize_field(
+            "default_mailbox",
+            self.default_mailbox.as_deref().unwrap_or(""),
+        )?;
+        t.serialize_field(
+            "socketmap",
+            &self
+                .socketmap
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        )?;
+        t.end()
+    }
 }
 
 fn serialize_mode<S: Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {

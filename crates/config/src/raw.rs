@@ -77,6 +77,7 @@ raw_table!(
         batv: RawBatv,
         bounce_guard: RawBounceGuard,
         store: RawStore,
+        aliases: RawAliases,
     }
 );
 
@@ -272,6 +273,19 @@ raw_table!(
         timeout_ms: i64,
         retry: RawDuration,
         retry_ms: i64,
+    }
+);
+
+raw_table!(
+    /// `[aliases]`.
+    RawAliases {
+        domains: Vec<String>,
+        store: String,
+        path: String,
+        format: String,
+        random_length: i64,
+        default_mailbox: String,
+        socketmap: String,
     }
 );
 

@@ -235,6 +235,38 @@ pub fn in_domains(address: &str, domains: &[String]) -> bool {
     domain_of(&key).is_some_and(|d| domains.iter().any(|x| domain_key(x) == d))
 }
 
+/// Checks a mailbox aliases may lead to: `local@domain` without spaces,
+/// control characters or angle brackets, and not in one of the alias
+/// `domains` (an alias leading to an alias is a loop waiting to happen).
+/// Returns it trimmed; the error says what is wrong.
+///
+/// ```
+/// use nobounce_core::alias::check_mailbox;
+///
+/// let domains = vec!["alias.example.org".to_string()];
+/// assert_eq!(check_mailbox(" me@example.org ", &domains), Ok("me@example.org".to_string()));
+/// assert!(check_mailbox("me", &domains).is_err());
+/// assert!(check_mailbox("a b@example.org", &domains).is_err());
+/// assert!(check_mailbox("x.abcde@Alias.Example.org", &domains).is_err());
+/// ```
+pub fn check_mailbox(mailbox: &str, domains: &[String]) -> Result<String, String> {
+    let m = mailbox.trim();
+    if domain_of(m).is_none()
+        || m.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ','))
+    {
+        return Err(format!(
+            "{mailbox:?} is not a mailbox address (local@domain)"
+        ));
+    }
+    if in_domains(m, domains) {
+        return Err(format!(
+            "{m} is in an alias domain: an alias must lead to a real mailbox"
+        ));
+    }
+    Ok(m.to_owned())
+}
+
 /// A domain in lower case without a trailing dot.
 fn domain_key(domain: &str) -> String {
     let d = domain.trim();
