@@ -108,7 +108,10 @@ async fn issue10_batv_through_postfix() {
             "virtual_alias_maps",
             &format!("regexp:{}", regexp.display()),
         )
-        .param("relay_recipient_maps", "inline:{ joe@ours.test=ok, ann@example.test=ok }")
+        .param(
+            "relay_recipient_maps",
+            "inline:{ joe@ours.test=ok, ann@example.test=ok }",
+        )
         .param("smtpd_recipient_restrictions", "reject_unlisted_recipient")
         .start()
         .await

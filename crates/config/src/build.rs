@@ -5,11 +5,13 @@
 use crate::{
     locate::Source,
     raw::{
-        RawBackend, RawBatv, RawBounceGuard, RawCache, RawConfig, RawDictionary, RawDns, RawDnsbl, RawDuration,
-        RawLog, RawMilter, RawPolicy, RawRecipients, RawRedis, RawSpf, RawStore,
+        RawBackend, RawBatv, RawBounceGuard, RawCache, RawConfig, RawDictionary, RawDns, RawDnsbl,
+        RawDuration, RawLog, RawMetrics, RawMilter, RawPolicy, RawRecipients, RawRedis, RawSpf,
+        RawStore,
     },
     BatvSection, Config, ConfigError, ConfigErrors, ControlSocket, DnsConfig, LogConfig,
-    MilterConfig, PolicyConfig, RecipientsSection, SourceRef, StoreBackend, StoreConfig,
+    MetricsConfig, MilterConfig, PolicyConfig, RecipientsSection, SourceRef, StoreBackend,
+    StoreConfig,
 };
 use ipnet::IpNet;
 use nobounce_core::{
@@ -272,6 +274,7 @@ impl<'a> Builder<'a> {
             dnsbl: self.dnsbl(raw.dnsbl.unwrap_or_default()),
             batv: self.batv(raw.batv.unwrap_or_default()),
             bounce_guard: self.bounce_guard(raw.bounce_guard.unwrap_or_default()),
+            metrics: self.metrics(raw.metrics.unwrap_or_default()),
             store,
             aliases,
             source: SourceRef(None),
@@ -1003,6 +1006,23 @@ impl<'a> Builder<'a> {
                 "network",
             ),
         }
+    }
+
+    fn metrics(&mut self, raw: RawMetrics) -> MetricsConfig {
+        let listen = match raw.listen.filter(|l| !l.trim().is_empty()) {
+            None => None,
+            Some(text) => match text.trim().parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.err(
+                        "metrics.listen",
+                        format!("{text:?} is not an address to listen on: write \"IP:PORT\", e.g. \"127.0.0.1:9469\""),
+                    );
+                    None
+                }
+            },
+        };
+        MetricsConfig { listen }
     }
 
     fn bounce_guard(&mut self, raw: RawBounceGuard) -> BounceGuardConfig {

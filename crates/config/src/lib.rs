@@ -26,8 +26,9 @@ pub mod locate;
 pub mod raw;
 
 use nobounce_core::{
-    batv::BatvConfig, bounce_guard::BounceGuardConfig, clock::serialize_duration, dictionary::DictionaryConfig, dnsbl::DnsblConfig,
-    recipient::RecipientPolicy, spf::SpfConfig, Endpoint, EngineConfig,
+    batv::BatvConfig, bounce_guard::BounceGuardConfig, clock::serialize_duration,
+    dictionary::DictionaryConfig, dnsbl::DnsblConfig, recipient::RecipientPolicy, spf::SpfConfig,
+    Endpoint, EngineConfig,
 };
 use nobounce_recipients::RecipientsConfig;
 use nobounce_store_redis::RedisConfig;
@@ -79,6 +80,8 @@ pub struct Config {
     pub batv: BatvSection,
     /// `[bounce_guard]`.
     pub bounce_guard: BounceGuardConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
     /// `[store]`.
     pub store: StoreConfig,
     /// `[aliases]`.
@@ -168,6 +171,22 @@ impl Serialize for BatvSection {
         t.serialize_field("lifetime", &format!("{}d", p.lifetime_days))?;
         t.serialize_field("unsigned", &p.unsigned)?;
         t.end()
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint. Restart to change.
+#[derive(Clone, Debug, Default, Eq, PartialEq, Serialize)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served (`IP:PORT`); `None` (absent or `""`, the
+    /// default): no metrics endpoint.
+    #[serde(serialize_with = "serialize_optional_addr")]
+    pub listen: Option<SocketAddr>,
+}
+
+fn serialize_optional_addr<S: Serializer>(a: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    match a {
+        Some(a) => s.collect_str(a),
+        None => s.serialize_str(""),
     }
 }
 

@@ -76,9 +76,15 @@ raw_table!(
         dnsbl: RawDnsbl,
         batv: RawBatv,
         bounce_guard: RawBounceGuard,
+        metrics: RawMetrics,
         store: RawStore,
         aliases: RawAliases,
     }
+);
+
+raw_table!(
+    /// `[metrics]`.
+    RawMetrics { listen: String }
 );
 
 raw_table!(

@@ -8,6 +8,7 @@ use crate::{
     directory::RecipientDirectory,
     dns::TtlLookup,
     dnsbl::DnsblConfig,
+    observe::{NoObserver, Observer},
     recipient::RecipientPolicy,
     session::Session,
     spf::{LookupVerifier, SpfConfig, SpfVerifier},
@@ -108,6 +109,7 @@ pub(crate) struct EngineInner {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) dns: Option<Arc<dyn TtlLookup>>,
     pub(crate) batv_keys: Option<Arc<BatvKeys>>,
+    pub(crate) observer: Arc<dyn Observer>,
 }
 
 impl Engine {
@@ -121,6 +123,7 @@ impl Engine {
             clock: Arc::new(SystemClock),
             dns: None,
             batv_keys: None,
+            observer: Arc::new(NoObserver),
         }
     }
 
@@ -179,6 +182,12 @@ impl Engine {
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.inner.clock
     }
+
+    /// The observer (metrics); front ends report their connections and
+    /// command times to it.
+    pub fn observer(&self) -> &Arc<dyn Observer> {
+        &self.inner.observer
+    }
 }
 
 /// Where a front end gets the engine for a new connection: the current
@@ -206,9 +215,16 @@ pub struct EngineBuilder {
     clock: Arc<dyn Clock>,
     dns: Option<Arc<dyn TtlLookup>>,
     batv_keys: Option<Arc<BatvKeys>>,
+    observer: Arc<dyn Observer>,
 }
 
 impl EngineBuilder {
+    /// Tells `observer` what the engine does (metrics). Default: nothing.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
+    }
+
     /// Signs and verifies BATV addresses with `keys` (read from the key
     /// file by the caller). Without keys, BATV does nothing.
     pub fn batv_keys(mut self, keys: Arc<BatvKeys>) -> Self {
@@ -298,6 +314,7 @@ impl EngineBuilder {
                 clock: self.clock,
                 dns: self.dns,
                 batv_keys: self.batv_keys,
+                observer: self.observer,
             }),
         }
     }

@@ -27,6 +27,7 @@
 //!   [`smtp_reply`]: reading a mail server's replies (for backends).
 //! - [`store`]: the [`StateStore`] port (shared counters and bans) with
 //!   [`MemoryStore`]; [`dictionary`]: the dictionary-attack ban policy.
+//! - [`observe`]: the [`observe::Observer`] port, for metrics.
 //! - [`dnsbl`]: DNS block lists (backscatter lists in safe mode) over the
 //!   [`dns::TtlLookup`] port.
 //! - [`alias`]: per-correspondent aliases: the [`alias::AliasStore`] port
@@ -44,6 +45,7 @@ pub mod dnsbl;
 pub mod endpoint;
 pub mod engine;
 pub mod error;
+pub mod observe;
 pub mod recipient;
 pub mod reply;
 pub mod session;

@@ -6,6 +6,7 @@ use crate::{
     directory::{DirectoryError, RecipientQuery},
     dnsbl,
     engine::Engine,
+    observe::Action,
     recipient::{self, RecipientFinding},
     reply::EnhancedStatus,
     reply::Reply,
@@ -218,7 +219,10 @@ impl Session {
         )
         .await
         {
-            Ok(Some(ban)) => self.conn.banned = Some(dictionary::ban_verdict(&ban)),
+            Ok(Some(ban)) => {
+                inner.observer.ban_added();
+                self.conn.banned = Some(dictionary::ban_verdict(&ban));
+            }
             Ok(None) => {}
             Err(e) => {
                 warn!(client_ip = %ip, "state store failed, unknown recipient not counted: {e}")
@@ -433,6 +437,12 @@ impl Session {
     }
 
     fn log_spf(&self, outcome: &SpfOutcome) {
+        if outcome.identity == Identity::MailFrom {
+            self.engine
+                .inner
+                .observer
+                .spf_result(spf::result_name(&outcome.answer.result));
+        }
         info!(
             target: "nobounce::spf",
             queue_id = self.msg.queue_id.as_deref().unwrap_or("-"),
@@ -467,11 +477,11 @@ impl Session {
             return self.finish(Stage::RcptTo, listed);
         }
         let Some(directory) = self.engine.inner.directory.clone() else {
-            return Verdict::Continue;
+            return self.finish(Stage::RcptTo, Verdict::Continue);
         };
         let text = address.to_string();
         if text.is_empty() {
-            return Verdict::Continue;
+            return self.finish(Stage::RcptTo, Verdict::Continue);
         }
         let query = RecipientQuery {
             address: &text,
@@ -674,6 +684,14 @@ impl Session {
         };
         let mut verdict = Verdict::Continue;
         for (zone, answer) in zones.iter().zip(answers) {
+            inner.observer.dnsbl_answer(
+                &zone.zone,
+                match &answer {
+                    dnsbl::ZoneAnswer::NotListed => "not_listed",
+                    dnsbl::ZoneAnswer::Listed { .. } => "listed",
+                    dnsbl::ZoneAnswer::Failed(_) => "failed",
+                },
+            );
             let v = match answer {
                 dnsbl::ZoneAnswer::NotListed => continue,
                 dnsbl::ZoneAnswer::Listed { code, txt } => {
@@ -886,6 +904,10 @@ impl Session {
         };
         let judgement = bounce_guard::judge(&facts, to_ours, record);
         let recipient = self.msg.recipients.first().map_or("-", String::as_str);
+        inner.observer.bounce_guard(match judgement {
+            bounce_guard::Judgement::Send(_) => "sent",
+            bounce_guard::Judgement::Hold(_) => "held",
+        });
         match judgement {
             bounce_guard::Judgement::Send(why) => info!(
                 event = "bounce_sent",
@@ -1001,6 +1023,10 @@ impl Session {
                 }
             }
         }
+        self.engine
+            .inner
+            .observer
+            .decision(Stage::EndOfMessage, None, Action::Accept);
         self.msg = Message::default();
         plan
     }
@@ -1049,11 +1075,20 @@ impl Session {
     /// Logs a verdict and applies dry-run: in dry-run mode a refusal is
     /// logged and turned into `Continue`.
     fn finish(&self, stage: Stage, verdict: Verdict) -> Verdict {
+        let observer = &self.engine.inner.observer;
         let Some(reason) = verdict.reason() else {
+            observer.decision(stage, None, Action::Accept);
             return verdict;
         };
         let reply = verdict.reply().map(ToString::to_string).unwrap_or_default();
         let dry_run = self.engine.inner.config.dry_run;
+        let action = match &verdict {
+            _ if dry_run => Action::DryRun,
+            Verdict::Reject { .. } => Action::Reject,
+            Verdict::Tempfail { .. } => Action::Tempfail,
+            Verdict::Disconnect { .. } | Verdict::Continue => Action::Disconnect,
+        };
+        observer.decision(stage, Some(reason.policy), action);
         info!(
             target: "nobounce::decision",
             queue_id = self.msg.queue_id.as_deref().unwrap_or("-"),

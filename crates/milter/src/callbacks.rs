@@ -83,6 +83,20 @@ pub struct Conn {
     no_reply: ProtoOpts,
 }
 
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.session.engine().observer().connection("milter", false);
+    }
+}
+
+/// Times one command for metrics.
+fn timed(conn: &Conn, stage: &'static str, started: std::time::Instant) {
+    conn.session
+        .engine()
+        .observer()
+        .command("milter", stage, started.elapsed());
+}
+
 impl Conn {
     /// The status for a stage answered `verdict`: `Noreply` when the stage
     /// was negotiated without reply (the verdict is then always continue).
@@ -118,10 +132,12 @@ pub fn callbacks(engines: Arc<dyn EngineSource>) -> Callbacks<Conn> {
                 let Some(conn) = ctx.data.as_mut() else {
                     return Status::Continue;
                 };
+                let started = std::time::Instant::now();
                 let verdict = conn
                     .session
                     .connect(ip, &lossy(&hostname), mta.as_deref())
                     .await;
+                timed(conn, "connect", started);
                 if internal {
                     conn.session.set_internal();
                 }
@@ -147,6 +163,7 @@ pub fn callbacks(engines: Arc<dyn EngineSource>) -> Callbacks<Conn> {
                 if let Some(id) = &queue_id {
                     conn.session.set_queue_id(id);
                 }
+                let started = std::time::Instant::now();
                 let args: Vec<String> = args.iter().map(|a| lossy(a)).collect();
                 let (sender, esmtp) = args
                     .split_first()
@@ -156,6 +173,7 @@ pub fn callbacks(engines: Arc<dyn EngineSource>) -> Callbacks<Conn> {
                     .session
                     .mail_from(sender, &esmtp, auth.as_deref())
                     .await;
+                timed(conn, "mail", started);
                 apply_verdict(&mut ctx.reply, &verdict)
             })
         })
@@ -174,7 +192,9 @@ pub fn callbacks(engines: Arc<dyn EngineSource>) -> Callbacks<Conn> {
                     conn.session.mta_rejected_rcpt(rcpt, host.as_deref()).await;
                     return Status::Continue;
                 }
+                let started = std::time::Instant::now();
                 let verdict = conn.session.rcpt_to(rcpt).await;
+                timed(conn, "rcpt", started);
                 apply_verdict(&mut ctx.reply, &verdict)
             })
         })
@@ -216,7 +236,9 @@ pub fn callbacks(engines: Arc<dyn EngineSource>) -> Callbacks<Conn> {
                 if let Some(id) = macro_str(&ctx.macros, c"i") {
                     conn.session.set_queue_id(id);
                 }
+                let started = std::time::Instant::now();
                 let plan = conn.session.end_of_message().await;
+                timed(conn, "eom", started);
                 if let Some(refusal) = &plan.refuse {
                     return apply_verdict(&mut ctx.reply, refusal);
                 }
@@ -325,6 +347,7 @@ fn negotiate(
             }
         }
     }
+    engine.observer().connection("milter", true);
     ctx.data = Some(Conn {
         session: engine.session(),
         no_reply: requested & (NO_REPLY | ProtoOpts::NOREPLY_HEADER),

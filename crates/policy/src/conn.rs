@@ -2,7 +2,7 @@
 //! verdicts, as actions. Nothing here decides anything.
 
 use crate::request::{PolicyRequest, ProtocolState};
-use nobounce_core::{EngineSource, Session, Verdict};
+use nobounce_core::{observe::Observer, EngineSource, Session, Verdict};
 use std::sync::Arc;
 
 /// The message a connection is answering about: Postfix asks once per
@@ -16,6 +16,16 @@ struct Message {
     session: Session,
     /// The verdict at MAIL FROM (SPF, bans), given to every recipient.
     mail: Verdict,
+}
+
+/// Counts an open policy connection until dropped (metrics).
+#[derive(Debug)]
+pub struct OpenConnection(Arc<dyn Observer>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connection("policy", false);
+    }
 }
 
 /// The engine side of one policy connection.
@@ -32,6 +42,31 @@ impl PolicyConn {
             engines,
             message: None,
         }
+    }
+
+    /// Reports an open connection to the observer, until the returned
+    /// guard is dropped.
+    pub fn opened(&self) -> OpenConnection {
+        let observer = Arc::clone(self.engines.engine().observer());
+        observer.connection("policy", true);
+        OpenConnection(observer)
+    }
+
+    /// Reports the time one request took.
+    pub fn observe(&self, request: &PolicyRequest, elapsed: std::time::Duration) {
+        let stage = match request.state {
+            ProtocolState::Connect => "connect",
+            ProtocolState::Helo => "helo",
+            ProtocolState::Mail => "mail",
+            ProtocolState::Rcpt => "rcpt",
+            ProtocolState::Data => "data",
+            ProtocolState::EndOfMessage => "eom",
+            ProtocolState::Other => "other",
+        };
+        self.engines
+            .engine()
+            .observer()
+            .command("policy", stage, elapsed);
     }
 
     /// The verdict for one request.

@@ -123,6 +123,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     options: PolicyOptions,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let _open = conn.opened();
     let (read, mut write) = tokio::io::split(stream);
     let mut input = BufReader::new(read);
     loop {
@@ -152,7 +153,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 return;
             }
         };
+        let started = std::time::Instant::now();
         let verdict = conn.decide(&request).await;
+        conn.observe(&request, started.elapsed());
         let reply = format!("{}\n\n", action(&verdict));
         debug!(peer, state = ?request.state, reply = reply.trim_end(), "policy reply");
         if let Err(e) = write.write_all(reply.as_bytes()).await {

@@ -31,9 +31,12 @@ use crate::{
     map_file::{MapFileConfig, MapFileDirectory, MapFileError},
     probe::{RcptProbe, RcptProbeConfig},
     quota_status::{QuotaStatus, QuotaStatusConfig},
-    router::{Chain, Router},
+    router::{Chain, Observed, Router},
 };
-use nobounce_core::{Clock, RecipientDirectory, SystemClock};
+use nobounce_core::{
+    observe::{NoObserver, Observer},
+    Clock, RecipientDirectory, SystemClock,
+};
 use serde::Serialize;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -209,6 +212,17 @@ pub fn build_reusing(
     previous: Option<&Recipients>,
     clock: Arc<dyn Clock>,
 ) -> Result<Recipients, BuildError> {
+    build_observed(config, previous, clock, Arc::new(NoObserver))
+}
+
+/// [`build_reusing`], with every backend telling `observer` how it answered
+/// and how fast (metrics per backend, labelled by its configured name).
+pub fn build_observed(
+    config: &RecipientsConfig,
+    previous: Option<&Recipients>,
+    clock: Arc<dyn Clock>,
+    observer: Arc<dyn Observer>,
+) -> Result<Recipients, BuildError> {
     check_routes(config).map_err(BuildError::Route)?;
     let needs_runtime = config
         .backends
@@ -258,7 +272,13 @@ pub fn build_reusing(
     let chain = |names: &[String]| -> Arc<dyn RecipientDirectory> {
         let mut links: Vec<(String, Arc<dyn RecipientDirectory>)> = names
             .iter()
-            .filter_map(|n| backends.get(n).map(|(_, d)| (n.clone(), Arc::clone(d))))
+            .filter_map(|n| {
+                backends.get(n).map(|(_, d)| {
+                    let observed: Arc<dyn RecipientDirectory> =
+                        Arc::new(Observed::new(n, Arc::clone(d), Arc::clone(&observer)));
+                    (n.clone(), observed)
+                })
+            })
             .collect();
         if links.len() == 1 {
             links.remove(0).1

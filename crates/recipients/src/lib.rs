@@ -66,7 +66,7 @@ pub mod fuzzing {
 pub use crate::{
     cache::CacheConfig,
     config::{
-        build, build_reusing, check_routes, BackendConfig, BuildError, Recipients,
+        build, build_observed, build_reusing, check_routes, BackendConfig, BuildError, Recipients,
         RecipientsConfig, RouteConfig, RouteError,
     },
     maildir::{MaildirConfig, MaildirQuota, MissingMaildir, PathTemplate},
@@ -74,5 +74,5 @@ pub use crate::{
     net::ServerSettings,
     probe::{ProbeProtocol, RcptProbe, RcptProbeConfig},
     quota_status::{QuotaStatus, QuotaStatusConfig},
-    router::{Chain, Router},
+    router::{outcome_label, Chain, Observed, Router},
 };

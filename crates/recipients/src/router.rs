@@ -19,8 +19,57 @@
 
 use crate::address;
 use async_trait::async_trait;
-use nobounce_core::{DirectoryError, RecipientDirectory, RecipientQuery, RecipientStatus};
+use nobounce_core::{
+    observe::Observer, DirectoryError, RecipientDirectory, RecipientQuery, RecipientStatus,
+};
 use std::{collections::HashMap, sync::Arc};
+
+/// A backend that tells an observer how it answered, and how fast
+/// (metrics per backend).
+#[derive(Debug)]
+pub struct Observed {
+    name: String,
+    inner: Arc<dyn RecipientDirectory>,
+    observer: Arc<dyn Observer>,
+}
+
+impl Observed {
+    /// Wraps `inner`, named `name` in the configuration.
+    pub fn new(
+        name: &str,
+        inner: Arc<dyn RecipientDirectory>,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            inner,
+            observer,
+        }
+    }
+}
+
+/// The metrics label of an answer.
+pub fn outcome_label(answer: &Result<RecipientStatus, DirectoryError>) -> &'static str {
+    match answer {
+        Ok(RecipientStatus::Deliverable) => "deliverable",
+        Ok(RecipientStatus::Unknown) => "unknown",
+        Ok(RecipientStatus::OverQuota { .. }) => "over_quota",
+        Ok(RecipientStatus::Disabled) => "disabled",
+        Ok(RecipientStatus::NotHandled) => "not_handled",
+        Err(_) => "error",
+    }
+}
+
+#[async_trait]
+impl RecipientDirectory for Observed {
+    async fn lookup(&self, query: &RecipientQuery<'_>) -> Result<RecipientStatus, DirectoryError> {
+        let started = std::time::Instant::now();
+        let answer = self.inner.lookup(query).await;
+        self.observer
+            .backend_lookup(&self.name, outcome_label(&answer), started.elapsed());
+        answer
+    }
+}
 
 /// Backends asked in order (see the module documentation).
 #[derive(Debug, Clone)]

@@ -4,11 +4,14 @@
 
 use nobounce_config::{Config, ConfigErrors, DnsConfig};
 use nobounce_core::{
-    batv::BatvKeys, dns::TtlLookup, spf_cache::CachingVerifier, Engine, SpfVerifier, StateStore,
-    SystemClock,
+    batv::BatvKeys,
+    dns::TtlLookup,
+    observe::{NoObserver, Observer},
+    spf_cache::CachingVerifier,
+    CacheStats, Engine, SpfVerifier, StateStore, SystemClock,
 };
 use nobounce_dns::HickoryLookup;
-use nobounce_recipients::{build_reusing, Recipients};
+use nobounce_recipients::{build_observed, Recipients};
 use std::{fmt, sync::Arc, time::Duration};
 
 /// The DNS resolver and the SPF answer cache: kept from one generation to
@@ -19,6 +22,8 @@ struct Resources {
     spf: Arc<dyn SpfVerifier>,
     /// The same resolver, for DNS block lists (one cache of answers).
     lookup: Arc<dyn TtlLookup>,
+    /// The SPF cache's counters, for metrics.
+    spf_stats: Arc<dyn Fn() -> CacheStats + Send + Sync>,
 }
 
 impl fmt::Debug for Resources {
@@ -50,16 +55,19 @@ impl Resources {
         let lookup = Arc::new(lookup);
         // One cache of SPF answers for all connections, as long as these
         // resources live.
-        let spf: Arc<dyn SpfVerifier> = Arc::new(CachingVerifier::new(
+        let cache = Arc::new(CachingVerifier::new(
             Arc::clone(&lookup),
             &config.spf,
             Arc::new(SystemClock),
         ));
+        let stats = Arc::clone(&cache);
+        let spf: Arc<dyn SpfVerifier> = cache;
         Ok(Self {
             dns: dns.clone(),
             spf_settings: spf_settings(config),
             spf,
             lookup,
+            spf_stats: Arc::new(move || stats.stats()),
         })
     }
 }
@@ -86,6 +94,17 @@ impl Generation {
         previous: Option<&Generation>,
         store: &Arc<dyn StateStore>,
     ) -> Result<Self, ConfigErrors> {
+        Self::build_observed(config, previous, store, Arc::new(NoObserver))
+    }
+
+    /// [`Self::build`], with the engine and the recipient backends telling
+    /// `observer` what they do (metrics).
+    pub fn build_observed(
+        config: Config,
+        previous: Option<&Generation>,
+        store: &Arc<dyn StateStore>,
+        observer: Arc<dyn Observer>,
+    ) -> Result<Self, ConfigErrors> {
         let resources = match previous {
             Some(p)
                 if p.resources.dns == config.dns
@@ -97,8 +116,13 @@ impl Generation {
         };
         let recipients = if config.recipients.has_directory() {
             let old = previous.and_then(|p| p.recipients.as_deref());
-            let built = build_reusing(&config.recipients.directory, old, Arc::new(SystemClock))
-                .map_err(|e| ConfigErrors(vec![config.error_at(&e.key(), e)]))?;
+            let built = build_observed(
+                &config.recipients.directory,
+                old,
+                Arc::new(SystemClock),
+                Arc::clone(&observer),
+            )
+            .map_err(|e| ConfigErrors(vec![config.error_at(&e.key(), e)]))?;
             Some(Arc::new(built))
         } else {
             None
@@ -113,6 +137,7 @@ impl Generation {
         let mut engine = Engine::builder(config.engine_config())
             .spf_verifier(Arc::clone(&resources.spf))
             .dns(Arc::clone(&resources.lookup))
+            .observer(observer)
             .store(Arc::clone(store));
         if let Some(r) = &recipients {
             engine = engine.directory(Arc::clone(&r.directory));
@@ -136,6 +161,11 @@ impl Generation {
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The SPF cache's counters now.
+    pub fn spf_cache_stats(&self) -> CacheStats {
+        (self.resources.spf_stats)()
     }
 
     /// Whether `other` uses the very same SPF cache and resolver.

@@ -89,7 +89,19 @@ pub async fn run(
             ),
             source,
         })?;
-    let service = Service::new(config)?;
+    let metrics_listen = config.metrics.listen;
+    let (service, metrics) = match metrics_listen {
+        Some(_) => {
+            let mut registry = prometheus_client::registry::Registry::default();
+            let metrics = nobounce_metrics::Metrics::new(&mut registry);
+            let observer: Arc<dyn nobounce_core::observe::Observer> = metrics.clone();
+            (
+                Service::with_observer(config, observer)?,
+                Some((Arc::new(registry), metrics)),
+            )
+        }
+        None => (Service::new(config)?, None),
+    };
     let maintenance = service.spawn_maintenance();
     // One shutdown for the milter and the policy service.
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -120,6 +132,27 @@ pub async fn run(
             );
             None
         }
+    };
+
+    let metrics_task = match (metrics_listen, metrics) {
+        (Some(addr), Some((registry, metrics))) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Io {
+                    what: format!("cannot listen for metrics on {addr}"),
+                    source,
+                })?;
+            info!(event = "metrics_listening", listen = %addr, "metrics at /metrics");
+            let refresh = sampler(service.clone(), metrics);
+            let stopped = until_stopped();
+            Some(tokio::spawn(async move {
+                if let Err(e) = nobounce_metrics::serve(listener, registry, refresh, stopped).await
+                {
+                    warn!(event = "metrics_failed", "metrics endpoint failed: {e}");
+                }
+            }))
+        }
+        _ => None,
     };
 
     let reloader = service.clone();
@@ -190,6 +223,9 @@ pub async fn run(
         }
     }
     reloads.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     for task in maintenance {
         task.abort();
     }
@@ -202,6 +238,40 @@ pub async fn run(
     served.map_err(|source| RunError::Io {
         what: format!("serving {socket}"),
         source,
+    })
+}
+
+/// What the metrics read at each scrape: the SPF cache of the current
+/// generation, the bans in the store (and which ran out since the last
+/// scrape), the Redis fallback state.
+fn sampler(service: Service, metrics: Arc<nobounce_metrics::Metrics>) -> nobounce_metrics::Refresh {
+    use std::{collections::HashMap, time::SystemTime};
+    // Bans seen at the last scrape, with their end.
+    let seen: Arc<std::sync::Mutex<HashMap<String, SystemTime>>> = Arc::default();
+    Arc::new(move || {
+        let service = service.clone();
+        let metrics = Arc::clone(&metrics);
+        let seen = Arc::clone(&seen);
+        Box::pin(async move {
+            let now = SystemTime::now();
+            let mut sampled = metrics.sampled();
+            sampled.spf_cache = Some(service.current().spf_cache_stats());
+            sampled.store_fallback = service.store_degraded();
+            let bans =
+                tokio::time::timeout(std::time::Duration::from_secs(2), service.store().list(now))
+                    .await;
+            if let Ok(Ok(bans)) = bans {
+                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                let expired = seen
+                    .iter()
+                    .filter(|(key, until)| **until <= now && !bans.iter().any(|b| &b.key == *key))
+                    .count();
+                sampled.bans_expired += expired as u64;
+                sampled.bans_active = Some(bans.len() as u64);
+                *seen = bans.into_iter().map(|b| (b.key, b.until)).collect();
+            }
+            metrics.set_sampled(sampled);
+        })
     })
 }
 

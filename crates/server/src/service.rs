@@ -4,7 +4,10 @@
 use crate::generation::Generation;
 use arc_swap::ArcSwap;
 use nobounce_config::{Config, ConfigErrors, StoreBackend};
-use nobounce_core::{Engine, EngineSource, MemoryStore, StateStore};
+use nobounce_core::{
+    observe::{NoObserver, Observer},
+    Engine, EngineSource, MemoryStore, StateStore,
+};
 use nobounce_store_redis::{redact, FallbackStore, RedisStore};
 use std::{
     num::NonZeroUsize,
@@ -82,6 +85,8 @@ struct Inner {
     store: Arc<dyn StateStore>,
     memory: MemoryStore,
     redis: Option<FallbackStore>,
+    /// Told what every generation does (metrics).
+    observer: Arc<dyn Observer>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -102,6 +107,15 @@ impl EngineSource for Service {
 impl Service {
     /// Builds the first generation of `config` and the state store.
     pub fn new(config: Config) -> Result<Self, ConfigErrors> {
+        Self::with_observer(config, Arc::new(NoObserver))
+    }
+
+    /// [`Self::new`], with every generation telling `observer` what it
+    /// does (metrics).
+    pub fn with_observer(
+        config: Config,
+        observer: Arc<dyn Observer>,
+    ) -> Result<Self, ConfigErrors> {
         let Store {
             store,
             memory,
@@ -114,13 +128,14 @@ impl Service {
                 "state shared through Redis"
             );
         }
-        let generation = Generation::build(config, None, &store)?;
+        let generation = Generation::build_observed(config, None, &store, Arc::clone(&observer))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 current: ArcSwap::from_pointee(generation),
                 store,
                 memory,
                 redis,
+                observer,
                 reloading: tokio::sync::Mutex::new(()),
             }),
         })
@@ -141,6 +156,17 @@ impl Service {
         Arc::clone(&self.inner.store)
     }
 
+    /// With Redis: whether it is away and the local fallback serves.
+    /// `None` with the memory store.
+    pub fn store_degraded(&self) -> Option<bool> {
+        self.inner.redis.as_ref().map(FallbackStore::is_degraded)
+    }
+
+    /// The observer every generation reports to.
+    pub fn observer(&self) -> &Arc<dyn Observer> {
+        &self.inner.observer
+    }
+
     /// Switches to `config`: the whole new generation is built first, then
     /// swapped in at once. On error nothing changes. Connections already
     /// open keep the generation they started with. Settings that need a
@@ -149,7 +175,12 @@ impl Service {
         let _one = self.inner.reloading.lock().await;
         let old = self.current();
         let config = keep_restart_settings(old.config(), config);
-        let generation = Generation::build(config, Some(&old), &self.inner.store)?;
+        let generation = Generation::build_observed(
+            config,
+            Some(&old),
+            &self.inner.store,
+            Arc::clone(&self.inner.observer),
+        )?;
         self.inner.current.store(Arc::new(generation));
         info!(event = "reloaded", "configuration reloaded");
         Ok(())
@@ -213,10 +244,12 @@ fn keep_restart_settings(old: &Config, mut new: Config) -> Config {
     keep("socket", old.socket != new.socket);
     keep("[milter]", old.milter != new.milter);
     keep("[policy]", old.policy != new.policy);
+    keep("[metrics]", old.metrics != new.metrics);
     keep("[store]", old.store != new.store);
     new.socket = old.socket.clone();
     new.milter = old.milter.clone();
     new.policy = old.policy.clone();
+    new.metrics = old.metrics.clone();
     new.store = old.store.clone();
     new
 }
