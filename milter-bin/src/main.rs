@@ -53,6 +53,10 @@ enum Command {
     /// nobounce cannot be reached: E451 (exit 111), so no mail is lost.
     #[command(name = "qmail-spp")]
     QmailSpp(QmailArgs),
+    /// Per-correspondent aliases: make one for each correspondent, retire
+    /// it when it leaks (then it is refused at RCPT TO with 550 5.1.1),
+    /// list, show, restore, export a Postfix map (docs/aliases.md).
+    Alias(nobounce_aliases::cli::AliasArgs),
     /// Print the shell completion script for SHELL to standard output (the
     /// Debian package installs those for bash, zsh and fish).
     Completions {
@@ -158,6 +162,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Audit(args) => audit(args),
         Command::QmailSpp(args) => qmail_spp(args),
+        Command::Alias(args) => alias(args),
         Command::Completions { shell } => completions(shell),
         Command::Ban(args) => match runtime().and_then(|rt| rt.block_on(ban(args))) {
             Ok(()) => ExitCode::SUCCESS,
@@ -266,6 +271,22 @@ fn audit(args: AuditArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nobounce: audit: cannot write the report: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `nobounce alias ...`: the logic is in `nobounce_aliases::cli`.
+fn alias(args: nobounce_aliases::cli::AliasArgs) -> ExitCode {
+    let mut stdout = std::io::stdout();
+    let done = runtime().and_then(|rt| {
+        rt.block_on(nobounce_aliases::cli::run(args, &mut stdout))
+            .map_err(|e| e.to_string())
+    });
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nobounce: alias: {e}");
             ExitCode::FAILURE
         }
     }
