@@ -315,3 +315,95 @@ fn issue14_config_check_builds_backends_and_routes() {
         "{err}"
     );
 }
+
+/// Issue 15: `[log] format = "json"`: every line parses as one JSON
+/// object, and a refusal carries the fields nobounce(8) documents.
+#[tokio::test]
+async fn issue15_json_log_lines_parse_and_carry_the_documented_fields() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let map = dir.path().join("users");
+    std::fs::write(&map, "ann@example.net\n").unwrap();
+    let file = dir.path().join("nobounce.toml");
+    let port = free_port();
+    std::fs::write(
+        &file,
+        format!(
+            "socket = \"inet:127.0.0.1:{port}\"\n[log]\nformat = \"json\"\n\
+             [spf]\nenabled = false\n[store]\ncontrol_socket = \"\"\n\
+             [recipients]\ndefault_chain = [\"users\"]\n\
+             [recipients.backends.users]\ntype = \"map_file\"\npath = \"{}\"\n",
+            map.display()
+        ),
+    )
+    .unwrap();
+    let mut child = bin()
+        .args(["run", "--config"])
+        .arg(&file)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let rx = stderr_lines(&mut child);
+    let first = wait_for_line(&rx, "nobounce listening");
+    let mut lines = vec![first];
+    let mut conn = indymilter_test::TestConnection::open(format!("127.0.0.1:{port}").as_str())
+        .await
+        .expect("negotiate");
+    conn.connect(
+        "client.example",
+        ("192.0.2.7".parse::<std::net::IpAddr>().unwrap(), 4000),
+    )
+    .await
+    .unwrap();
+    conn.helo("client.example").await.unwrap();
+    conn.macros(indymilter_test::MacroStage::Mail, [("i", "4NJQ1X6Zq2z9sR")])
+        .await
+        .unwrap();
+    conn.mail(["<joe@example.org>"]).await.unwrap();
+    let st = conn.rcpt(["<nobody@example.net>"]).await.unwrap();
+    assert!(
+        matches!(st, indymilter_test::Status::Reject { .. }),
+        "{st:?}"
+    );
+    conn.close().await.unwrap();
+    lines.push(wait_for_line(&rx, "nobounce::decision"));
+    signal(&child, "-TERM");
+    assert!(child.wait().expect("exits").success());
+    while let Ok(l) = rx.try_recv() {
+        lines.push(l);
+    }
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {e}: {line}"));
+        for key in ["timestamp", "level", "target", "fields"] {
+            assert!(v.get(key).is_some(), "{key} missing: {line}");
+        }
+        assert!(
+            v["timestamp"].as_str().unwrap().ends_with('Z'),
+            "UTC: {line}"
+        );
+    }
+    let decision: serde_json::Value = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["target"] == "nobounce::decision")
+        .expect("a decision line");
+    let f = &decision["fields"];
+    assert_eq!(f["queue_id"], "4NJQ1X6Zq2z9sR", "{decision}");
+    assert_eq!(f["client_ip"], "192.0.2.7", "{decision}");
+    assert_eq!(f["client_name"], "client.example", "{decision}");
+    assert_eq!(f["stage"], "rcpt", "{decision}");
+    assert_eq!(f["policy"], "recipient", "{decision}");
+    assert_eq!(f["decision"], "reject", "{decision}");
+    assert_eq!(f["reply"], "550 5.1.1 No such user here", "{decision}");
+    assert_eq!(f["dry_run"], false, "{decision}");
+    assert!(f["reason"].is_string(), "{decision}");
+    // Every field of the decision line is documented in nobounce(8).
+    let man = std::fs::read_to_string(docs("man/nobounce.8")).unwrap();
+    for key in f.as_object().unwrap().keys().filter(|k| *k != "message") {
+        assert!(
+            man.contains(&format!(".B {key}")),
+            "{key} not in nobounce(8)"
+        );
+    }
+}

@@ -9,7 +9,7 @@ use crate::{
         RawDuration, RawLog, RawMetrics, RawMilter, RawPolicy, RawRecipients, RawRedis, RawSpf,
         RawStore,
     },
-    BatvSection, Config, ConfigError, ConfigErrors, ControlSocket, DnsConfig, LogConfig,
+    BatvSection, Config, ConfigError, ConfigErrors, ControlSocket, DnsConfig, LogConfig, LogFormat,
     MetricsConfig, MilterConfig, PolicyConfig, RecipientsSection, SourceRef, StoreBackend,
     StoreConfig,
 };
@@ -343,7 +343,13 @@ impl<'a> Builder<'a> {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
             self.err("log.level", format!("invalid log filter {level:?}: {e}"));
         }
-        LogConfig { level }
+        let format = self.choice(
+            "log.format",
+            raw.format,
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+            LogFormat::Text,
+        );
+        LogConfig { level, format }
     }
 
     fn milter(&mut self, raw: RawMilter) -> MilterConfig {

@@ -97,6 +97,21 @@ pub struct LogConfig {
     /// A tracing filter: `error` … `trace`, or `"info,nobounce::spf=debug"`.
     /// `RUST_LOG` overrides it. Default `"info"`. Applied on reload.
     pub level: String,
+    /// `text` (the default) or `json`: one JSON object per line. Restart
+    /// to change.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `2026-11-29T12:00:00.123456Z  INFO nobounce::decision: refused queue_id=...`
+    #[default]
+    Text,
+    /// One JSON object per line, with `timestamp` (UTC), `level`, `target`
+    /// and the event's `fields`.
+    Json,
 }
 
 /// `[milter]`.

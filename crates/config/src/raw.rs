@@ -129,7 +129,7 @@ raw_table!(
 
 raw_table!(
     /// `[log]`.
-    RawLog { level: String }
+    RawLog { level: String, format: String }
 );
 
 raw_table!(

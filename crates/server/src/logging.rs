@@ -1,7 +1,7 @@
 //! Logging of the daemon: UTC timestamps on stderr, written by a
 //! background thread, with a level that a reload can change.
 
-use nobounce_config::LogConfig;
+use nobounce_config::{LogConfig, LogFormat};
 use std::sync::OnceLock;
 use tracing_subscriber::{
     fmt, layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter, Registry,
@@ -32,11 +32,26 @@ pub fn init(config: &LogConfig) -> LogGuard {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (layer, handle) = reload::Layer::new(filter(&config.level));
     // The default timer prints RFC 3339 timestamps in UTC.
-    let installed = tracing_subscriber::registry()
-        .with(layer)
-        .with(fmt::layer().with_writer(writer).with_ansi(ansi))
-        .try_init()
-        .is_ok();
+    let installed = match config.format {
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(layer)
+            .with(fmt::layer().with_writer(writer).with_ansi(ansi))
+            .try_init(),
+        // One object per line: timestamp, level, target, fields (the
+        // message among them); no span nesting.
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(layer)
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(false)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(writer),
+            )
+            .try_init(),
+    }
+    .is_ok();
     if installed {
         let _ = FILTER.set(handle);
     }
