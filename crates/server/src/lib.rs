@@ -54,7 +54,8 @@ pub enum RunError {
 
 /// Runs nobounce on `listener` with `config` until `shutdown` completes,
 /// then lets open connections finish. The policy service of `[policy]`
-/// runs beside the milter, on the same engines.
+/// runs beside the milter, on the same engines, and the socketmap service
+/// of `[aliases] socketmap` on the alias store.
 ///
 /// Each configuration received on `reload` becomes the new generation, whole
 /// or not at all (a failed build is logged and changes nothing). The control
@@ -89,6 +90,7 @@ pub async fn run(
             ),
             source,
         })?;
+    let socketmap = Socketmap::bind(&config).await?;
     let metrics_listen = config.metrics.listen;
     let (service, metrics) = match metrics_listen {
         Some(_) => {
@@ -193,6 +195,7 @@ pub async fn run(
             served
         })
     });
+    let socketmap = socketmap.map(|s| s.spawn(until_stopped()));
     let milter = async {
         match listener {
             MilterListener::Tcp(l) => {
@@ -219,6 +222,13 @@ pub async fn run(
         match policy.await {
             Ok(Err(e)) => warn!(event = "policy_failed", "policy service failed: {e}"),
             Err(e) => warn!(event = "policy_failed", "policy service failed: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
+    if let Some(task) = socketmap {
+        match task.await {
+            Ok(Err(e)) => warn!(event = "socketmap_failed", "socketmap service failed: {e}"),
+            Err(e) => warn!(event = "socketmap_failed", "socketmap service failed: {e}"),
             Ok(Ok(())) => {}
         }
     }
@@ -273,6 +283,99 @@ fn sampler(service: Service, metrics: Arc<nobounce_metrics::Metrics>) -> nobounc
             metrics.set_sampled(sampled);
         })
     })
+}
+
+/// The socketmap service of `[aliases] socketmap` (Postfix's
+/// `virtual_alias_maps`), bound, with its alias store open.
+struct Socketmap {
+    listener: nobounce_aliases::socketmap::SocketmapListener,
+    /// A unix socket's path, removed at the end.
+    path: Option<std::path::PathBuf>,
+    store: Arc<dyn nobounce_core::alias::AliasStore>,
+    options: nobounce_aliases::socketmap::SocketmapOptions,
+    endpoint: nobounce_core::Endpoint,
+}
+
+impl Socketmap {
+    /// Opens the alias store (`nobounce_aliases::open_store`) and binds the
+    /// socket, if `[aliases] socketmap` is set. A unix socket gets
+    /// `[milter]`'s mode, owner and group, and replaces a socket file left
+    /// by an earlier run.
+    async fn bind(config: &Config) -> Result<Option<Self>, RunError> {
+        use nobounce_aliases::socketmap::{SocketmapListener, SocketmapOptions};
+        use std::os::unix::fs::FileTypeExt;
+        let Some(endpoint) = config.aliases.socketmap.clone() else {
+            return Ok(None);
+        };
+        let store = nobounce_aliases::open_store(config).await.map_err(|e| {
+            let key = match config.aliases.store {
+                nobounce_config::AliasBackend::Sqlite => "aliases.path",
+                nobounce_config::AliasBackend::Redis => "aliases.store",
+            };
+            let error = config.error_at(key, format!("cannot open the alias store: {e}"));
+            RunError::Config(ConfigErrors(vec![error]))
+        })?;
+        let cannot = |source| RunError::Io {
+            what: format!("cannot listen on the socketmap socket {endpoint}"),
+            source,
+        };
+        let (listener, path) = match &endpoint {
+            nobounce_core::Endpoint::Unix(path) => {
+                if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+                    std::fs::remove_file(path).map_err(cannot)?;
+                }
+                let m = &config.milter;
+                let listener = listen::bind_unix(
+                    path,
+                    m.socket_mode,
+                    m.socket_owner.as_deref(),
+                    m.socket_group.as_deref(),
+                )
+                .map_err(cannot)?;
+                (SocketmapListener::Unix(listener), Some(path.clone()))
+            }
+            tcp => {
+                let addr = tcp
+                    .listen_addr()
+                    .map_err(|e| cannot(io::Error::other(e)))?
+                    .ok_or_else(|| cannot(io::Error::other("not a TCP socket")))?;
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(cannot)?;
+                (SocketmapListener::Tcp(listener), None)
+            }
+        };
+        Ok(Some(Self {
+            listener,
+            path,
+            store,
+            options: SocketmapOptions::new(config.aliases.domains.clone()),
+            endpoint,
+        }))
+    }
+
+    /// Serves until `stopped` completes, then removes a unix socket.
+    fn spawn(
+        self,
+        stopped: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<io::Result<()>> {
+        info!(
+            event = "socketmap_listening",
+            socket = %self.endpoint,
+            "socketmap service listening (map \"aliases\")"
+        );
+        tokio::spawn(async move {
+            let served = nobounce_aliases::socketmap::serve(
+                self.listener,
+                self.store,
+                self.options,
+                stopped,
+            )
+            .await;
+            if let Some(path) = self.path {
+                let _ = std::fs::remove_file(path);
+            }
+            served
+        })
+    }
 }
 
 /// [`run`] on a bound TCP listener, without reloads and without a control
