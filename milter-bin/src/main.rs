@@ -53,6 +53,13 @@ enum Command {
     /// nobounce cannot be reached: E451 (exit 111), so no mail is lost.
     #[command(name = "qmail-spp")]
     QmailSpp(QmailArgs),
+    /// Explain what nobounce would answer this client, sender and
+    /// recipients, and why: one conversation through the engine with the
+    /// live configuration (real DNS, real recipient backends; the state
+    /// store is read, never written). Exit 0: accepted; 3: some stage or
+    /// recipient would get a 4xx; 2: otherwise some would get a 5xx; 1:
+    /// the check could not run.
+    Check(CheckArgs),
     /// Per-correspondent aliases: make one for each correspondent, retire
     /// it when it leaks (then it is refused at RCPT TO with 550 5.1.1),
     /// list, show, restore, export a Postfix map (docs/aliases.md).
@@ -72,6 +79,31 @@ struct AuditArgs {
     #[arg(value_name = "FILE")]
     files: Vec<PathBuf>,
     /// Print one JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// The client's address.
+    #[arg(long, value_name = "IP")]
+    client_ip: IpAddr,
+    /// The client's HELO name (default: its address literal).
+    #[arg(long, value_name = "NAME")]
+    helo: Option<String>,
+    /// The envelope sender ("" for a bounce).
+    #[arg(long, value_name = "ADDR")]
+    from: String,
+    /// A recipient; give --to once per recipient.
+    #[arg(long = "to", value_name = "ADDR", required = true)]
+    to: Vec<String>,
+    /// The size the client declares at MAIL FROM (SIZE=).
+    #[arg(long, value_name = "BYTES")]
+    size: Option<u64>,
+    /// Configuration file (the one the milter runs with).
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -162,6 +194,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Audit(args) => audit(args),
         Command::QmailSpp(args) => qmail_spp(args),
+        Command::Check(args) => check_conversation(args),
         Command::Alias(args) => alias(args),
         Command::Completions { shell } => completions(shell),
         Command::Ban(args) => match runtime().and_then(|rt| rt.block_on(ban(args))) {
@@ -213,6 +246,44 @@ fn completions(shell: clap_complete::Shell) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nobounce: cannot write the completion script: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_conversation(args: CheckArgs) -> ExitCode {
+    use nobounce_server::explain::{explain, CheckRequest};
+    let request = CheckRequest {
+        client_ip: args.client_ip,
+        helo: args.helo,
+        from: args.from,
+        to: args.to,
+        size: args.size,
+    };
+    let ran = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async {
+            let config = match &args.config {
+                Some(path) => Config::from_file(path)?,
+                None => Config::default(),
+            };
+            explain(config, &request).await
+        })
+        .map_err(|e| e.to_string())
+    });
+    match ran {
+        Ok((report, notes)) => {
+            for n in notes {
+                eprintln!("nobounce: {n}");
+            }
+            if args.json {
+                println!("{}", report.json());
+            } else {
+                print!("{}", report.text());
+            }
+            ExitCode::from(report.exit)
+        }
+        Err(e) => {
+            eprintln!("nobounce: {e}");
             ExitCode::FAILURE
         }
     }

@@ -12,12 +12,14 @@
 //!   the state store, which lives as long as the process. [`check`] builds
 //!   everything a configuration describes without binding a socket.
 //! - [`control`]: ban administration and the local control socket.
+//! - [`explain`]: `nobounce check`, one conversation explained.
 //! - [`listen`]: binding the milter's and the policy service's TCP or unix
 //!   sockets (mode, owner, group).
 //! - [`logging`]: the daemon's log, with a level a reload can change.
 //! - [`run`]: all of it together until shutdown.
 
 pub mod control;
+pub mod explain;
 mod generation;
 pub mod listen;
 pub mod logging;
