@@ -152,7 +152,11 @@ impl Answer {
     /// Reads an `action=...` value. Anything that is not a 4xx or 5xx
     /// reply (`DUNNO`, `OK`, `PREPEND ...`) accepts.
     pub fn from_action(action: &str) -> Self {
-        let action = action.trim();
+        // One line only, without control characters: qmail-spp reads the
+        // first line of the output, and the client gets it verbatim.
+        let first = action.lines().next().unwrap_or("");
+        let cleaned: String = first.chars().filter(|c| !c.is_control()).collect();
+        let action = cleaned.trim();
         let code = action
             .get(..3)
             .filter(|c| c.bytes().all(|b| b.is_ascii_digit()));
@@ -390,6 +394,9 @@ mod tests {
             assert_eq!(a.spp_output(), out, "{action}");
             assert_eq!(a.rcptcheck_exit(), exit, "{action}");
         }
+        // A reply with a line break or control characters stays one line.
+        let odd = Answer::from_action("550 5.1.1 no\r\nE250 ok\0");
+        assert_eq!(odd.spp_output(), "E550 5.1.1 no\n");
         let down = Answer::unreachable();
         assert!(down.spp_output().starts_with("E451 4.3.0 "));
         assert_eq!(down.rcptcheck_exit(), 111);
