@@ -49,6 +49,13 @@ fn lossy(s: &CStr) -> String {
     s.to_string_lossy().into_owned()
 }
 
+/// Whether the MTA rejected this recipient itself (`SMFIP_RCPT_REJ`):
+/// mailer `error` and an enhanced status code as host.
+fn mta_rejected(mailer: Option<&str>, host: Option<&str>) -> bool {
+    mailer == Some("error")
+        && host.is_some_and(|h| h.trim().parse::<nobounce_core::EnhancedStatus>().is_ok())
+}
+
 /// Maps a verdict to a milter status, setting the SMTP reply for refusals.
 pub fn apply_verdict(reply: &mut SmtpReply, verdict: &Verdict) -> Status {
     let status = match verdict {
@@ -187,8 +194,12 @@ pub fn callbacks(engines: Arc<dyn EngineSource>) -> Callbacks<Conn> {
                 let rcpt = args.first().map(|a| lossy(a)).unwrap_or_default();
                 let rcpt = rcpt.as_str();
                 // With SMFIP_RCPT_REJ the MTA also shows us recipients it
-                // rejected itself; their mailer is "error".
-                if mailer.as_deref() == Some("error") {
+                // rejected itself: their mailer is "error" and their host
+                // the enhanced status of the rejection (Postfix's
+                // smtpd_milter.c). An *accepted* recipient can have mailer
+                // "error" too: a virtual alias domain resolves to error(8)
+                // until the alias is expanded, with a text as its host.
+                if mta_rejected(mailer.as_deref(), host.as_deref()) {
                     conn.session.mta_rejected_rcpt(rcpt, host.as_deref()).await;
                     return Status::Continue;
                 }
@@ -353,4 +364,24 @@ fn negotiate(
         no_reply: requested & (NO_REPLY | ProtoOpts::NOREPLY_HEADER),
     });
     Status::Continue
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mta_rejected;
+
+    #[test]
+    fn only_a_status_code_marks_a_recipient_the_mta_rejected() {
+        assert!(mta_rejected(Some("error"), Some("5.1.1")));
+        assert!(mta_rejected(Some("error"), Some("4.7.1")));
+        // Accepted, in a virtual alias domain (found by the alias e2e test:
+        // such recipients were never checked).
+        assert!(!mta_rejected(
+            Some("error"),
+            Some("User unknown in virtual alias table")
+        ));
+        assert!(!mta_rejected(Some("smtp"), Some("[127.0.0.1]:25")));
+        assert!(!mta_rejected(None, None));
+        assert!(!mta_rejected(Some("error"), None));
+    }
 }
