@@ -81,7 +81,10 @@ async fn issue15_check_explains_an_spf_fail() {
         out.contains("SPF: fail for eve@fail.test (mailfrom)"),
         "{out}"
     );
-    assert!(out.contains("matched all"), "the mechanism that matched: {out}");
+    assert!(
+        out.contains("matched all"),
+        "the mechanism that matched: {out}"
+    );
     assert!(
         out.contains("MAIL FROM:<eve@fail.test> reject: 550 5.7.23"),
         "{out}"

@@ -477,6 +477,7 @@ impl Config {
             dnsbl: self.dnsbl.clone(),
             batv: self.batv.policy.clone(),
             bounce_guard: self.bounce_guard.clone(),
+            alias_domains: self.aliases.domains.clone(),
         }
     }
 

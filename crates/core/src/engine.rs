@@ -1,6 +1,7 @@
 //! The engine: configuration plus ports, shared by all connections.
 
 use crate::{
+    alias::AliasStore,
     batv::{BatvConfig, BatvKeys},
     bounce_guard::BounceGuardConfig,
     clock::{Clock, SystemClock},
@@ -43,6 +44,9 @@ pub struct EngineConfig {
     pub batv: BatvConfig,
     /// The bounce guard.
     pub bounce_guard: BounceGuardConfig,
+    /// The alias domains (`[aliases] domains`): every address in them is
+    /// an alias, refused at RCPT unless active. Empty: no aliases.
+    pub alias_domains: Vec<String>,
 }
 
 impl EngineConfig {
@@ -61,6 +65,7 @@ impl Default for EngineConfig {
             dnsbl: DnsblConfig::default(),
             batv: BatvConfig::default(),
             bounce_guard: BounceGuardConfig::default(),
+            alias_domains: Vec::new(),
         }
     }
 }
@@ -110,6 +115,7 @@ pub(crate) struct EngineInner {
     pub(crate) dns: Option<Arc<dyn TtlLookup>>,
     pub(crate) batv_keys: Option<Arc<BatvKeys>>,
     pub(crate) observer: Arc<dyn Observer>,
+    pub(crate) aliases: Option<Arc<dyn AliasStore>>,
 }
 
 impl Engine {
@@ -124,6 +130,7 @@ impl Engine {
             dns: None,
             batv_keys: None,
             observer: Arc::new(NoObserver),
+            aliases: None,
         }
     }
 
@@ -154,7 +161,7 @@ impl Engine {
     /// Whether end of message may insert or delete headers (the SPF trace
     /// headers, forged `Authentication-Results`).
     pub fn edits_headers(&self) -> bool {
-        self.inner.config.spf.enabled
+        self.inner.config.spf.enabled || !self.inner.config.alias_domains.is_empty()
     }
 
     /// Whether end of message may change the envelope sender (BATV
@@ -216,9 +223,16 @@ pub struct EngineBuilder {
     dns: Option<Arc<dyn TtlLookup>>,
     batv_keys: Option<Arc<BatvKeys>>,
     observer: Arc<dyn Observer>,
+    aliases: Option<Arc<dyn AliasStore>>,
 }
 
 impl EngineBuilder {
+    /// Looks up addresses of `alias_domains` in `store` at RCPT.
+    pub fn aliases(mut self, store: Arc<dyn AliasStore>) -> Self {
+        self.aliases = Some(store);
+        self
+    }
+
     /// Tells `observer` what the engine does (metrics). Default: nothing.
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observer = observer;
@@ -315,6 +329,7 @@ impl EngineBuilder {
                 dns: self.dns,
                 batv_keys: self.batv_keys,
                 observer: self.observer,
+                aliases: self.aliases,
             }),
         }
     }

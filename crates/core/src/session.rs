@@ -2,7 +2,7 @@
 
 use crate::{
     address::{declared_size, EnvelopeAddress},
-    batv, bounce_guard, dictionary,
+    alias, batv, bounce_guard, dictionary,
     directory::{DirectoryError, RecipientQuery},
     dnsbl,
     engine::Engine,
@@ -67,6 +67,9 @@ pub const MAX_FORGED_AR: usize = 32;
 /// end-of-data size check (one recipient only) has nothing to do anyway.
 const MAX_TRACKED_RECIPIENTS: usize = 2;
 
+/// Leak headers added to one message at most.
+const MAX_TRACKED_LEAKS: usize = 16;
+
 #[derive(Debug, Default)]
 struct Connection {
     client_ip: Option<IpAddr>,
@@ -93,6 +96,9 @@ struct Message {
     recipients: Vec<String>,
     /// The block lists' verdict, asked once per message.
     dnsbl: Option<Verdict>,
+    /// Aliases that got mail from a sender domain foreign to them: (alias,
+    /// sender domain), for the leak header.
+    alias_leaks: Vec<(String, String)>,
     ar_headers_seen: usize,
     forged_ar: Vec<usize>,
     /// The MIME boundary of a `multipart/report` delivery status
@@ -473,6 +479,10 @@ impl Session {
         if let Some(refused) = self.check_batv(&mut address) {
             return self.finish(Stage::RcptTo, refused);
         }
+        let deadline = tokio::time::Instant::now() + self.command_timeout();
+        if let Some(refused) = self.check_alias(&mut address, deadline).await {
+            return self.finish(Stage::RcptTo, refused);
+        }
         if let Some(listed) = self.check_dnsbl(&address).await {
             return self.finish(Stage::RcptTo, listed);
         }
@@ -631,6 +641,129 @@ impl Session {
             }
         }
         verdict
+    }
+
+    /// An address in an alias domain: an active alias becomes its mailbox
+    /// (for the recipient checks), and mail to it from a sender domain
+    /// foreign to its correspondent is marked (or refused with
+    /// `reject_foreign`); a retired alias, or any other address of an alias
+    /// domain, is refused with `550 5.1.1` and counts towards a
+    /// dictionary-attack ban; a store failure is a temporary failure.
+    async fn check_alias(
+        &mut self,
+        recipient: &mut EnvelopeAddress,
+        deadline: tokio::time::Instant,
+    ) -> Option<Verdict> {
+        let engine = self.engine.clone();
+        let inner = &engine.inner;
+        let domains = &inner.config.alias_domains;
+        if domains.is_empty() {
+            return None;
+        }
+        let store = inner.aliases.as_ref()?;
+        let text = recipient.to_string();
+        if !alias::in_domains(&text, domains) {
+            return None;
+        }
+        let observer = &inner.observer;
+        let found = match tokio::time::timeout_at(deadline, store.get(&text)).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
+                observer.alias("error");
+                warn!(event = "alias_store_failed", recipient = %text, "alias store failed: {e}");
+                return Some(Verdict::Tempfail {
+                    reply: Reply::new(
+                        451,
+                        "4.3.0",
+                        "Temporary failure looking up this address, try again later",
+                    )
+                    .expect("fixed codes of matching class"),
+                    reason: Reason::new(
+                        Policy::Internal,
+                        format!("alias store failed for {text}: {e}"),
+                    ),
+                });
+            }
+            Err(_) => {
+                observer.alias("error");
+                return Some(Verdict::Tempfail {
+                    reply: Reply::new(
+                        451,
+                        "4.3.0",
+                        "Temporary failure looking up this address, try again later",
+                    )
+                    .expect("fixed codes of matching class"),
+                    reason: Reason::new(
+                        Policy::Internal,
+                        format!("alias store too slow for {text}"),
+                    ),
+                });
+            }
+        };
+        let unknown = |detail: String| Verdict::Reject {
+            reply: Reply::new(550, "5.1.1", &inner.config.recipients.unknown_text)
+                .expect("fixed codes of matching class"),
+            reason: Reason::new(Policy::Alias, detail),
+        };
+        let alias = match found {
+            None => {
+                observer.alias("unknown");
+                let _ = tokio::time::timeout_at(deadline, self.record_unknown(&text)).await;
+                return Some(unknown(format!("{text}: no such alias")));
+            }
+            Some(a) if a.is_retired() => {
+                observer.alias("retired");
+                let _ = tokio::time::timeout_at(deadline, self.record_unknown(&text)).await;
+                let why = a.retired.as_ref().map(|(_, r)| r.as_str()).unwrap_or("");
+                return Some(unknown(format!(
+                    "{text}: retired alias of {} ({why})",
+                    a.correspondent
+                )));
+            }
+            Some(a) => a,
+        };
+        let sender_domain = self
+            .msg
+            .sender
+            .as_ref()
+            .and_then(EnvelopeAddress::domain)
+            .map(str::to_owned);
+        if let Some(domain) = sender_domain.filter(|d| alias.is_foreign_sender(d)) {
+            observer.alias("foreign");
+            info!(
+                event = "alias_leak",
+                queue_id = self.msg.queue_id.as_deref().unwrap_or("-"),
+                alias = %text,
+                correspondent = %alias.correspondent,
+                sender_domain = %domain,
+                reject = alias.reject_foreign,
+                "mail to an alias from a domain foreign to its correspondent"
+            );
+            if alias.reject_foreign {
+                return Some(Verdict::Reject {
+                    reply: Reply::new(
+                        550,
+                        "5.7.1",
+                        "This address does not take mail from your domain",
+                    )
+                    .expect("fixed codes of matching class"),
+                    reason: Reason::new(
+                        Policy::Alias,
+                        format!(
+                            "{text} given to {} takes no mail from {domain}",
+                            alias.correspondent
+                        ),
+                    ),
+                });
+            }
+            if self.msg.alias_leaks.len() < MAX_TRACKED_LEAKS {
+                self.msg.alias_leaks.push((text.clone(), domain));
+            }
+        } else {
+            observer.alias("active");
+        }
+        *recipient = EnvelopeAddress::parse(&alias.mailbox);
+        None
     }
 
     /// The DNS block lists' verdict for this message and `recipient`, when
@@ -991,6 +1124,12 @@ impl Session {
                 .push(("Authentication-Results".into(), index));
         }
         plan.change_sender = self.batv_signed_sender();
+        for (alias, domain) in &self.msg.alias_leaks {
+            plan.insert_headers.push((
+                "X-Nobounce-Alias-Leak".into(),
+                format!("alias={alias}; sender-domain={domain}"),
+            ));
+        }
         if let (Some(outcome), Some(ip)) = (&self.msg.spf, self.conn.client_ip) {
             let authserv_id = self.authserv_id();
             let receiver = self

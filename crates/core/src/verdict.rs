@@ -16,6 +16,8 @@ pub enum Policy {
     Dnsbl,
     /// BATV (bounces to addresses we never sent from).
     Batv,
+    /// Per-correspondent aliases (retired, unknown, foreign senders).
+    Alias,
     /// Trouble of our own (a backend failed): always a temporary failure.
     Internal,
 }
@@ -29,6 +31,7 @@ impl Policy {
             Self::Dictionary => "dictionary",
             Self::Dnsbl => "dnsbl",
             Self::Batv => "batv",
+            Self::Alias => "alias",
             Self::Internal => "internal",
         }
     }

@@ -4,6 +4,7 @@
 
 use nobounce_config::{Config, ConfigErrors, DnsConfig};
 use nobounce_core::{
+    alias::AliasStore,
     batv::BatvKeys,
     dns::TtlLookup,
     observe::{NoObserver, Observer},
@@ -94,7 +95,7 @@ impl Generation {
         previous: Option<&Generation>,
         store: &Arc<dyn StateStore>,
     ) -> Result<Self, ConfigErrors> {
-        Self::build_observed(config, previous, store, Arc::new(NoObserver))
+        Self::build_with(config, previous, store, Arc::new(NoObserver), None)
     }
 
     /// [`Self::build`], with the engine and the recipient backends telling
@@ -104,6 +105,18 @@ impl Generation {
         previous: Option<&Generation>,
         store: &Arc<dyn StateStore>,
         observer: Arc<dyn Observer>,
+    ) -> Result<Self, ConfigErrors> {
+        Self::build_with(config, previous, store, observer, None)
+    }
+
+    /// [`Self::build_observed`], with the alias store the engine looks
+    /// `[aliases] domains` up in (opened once by the service).
+    pub fn build_with(
+        config: Config,
+        previous: Option<&Generation>,
+        store: &Arc<dyn StateStore>,
+        observer: Arc<dyn Observer>,
+        aliases: Option<Arc<dyn AliasStore>>,
     ) -> Result<Self, ConfigErrors> {
         let resources = match previous {
             Some(p)
@@ -144,6 +157,9 @@ impl Generation {
         }
         if let Some(keys) = batv_keys {
             engine = engine.batv_keys(keys);
+        }
+        if let Some(aliases) = aliases {
+            engine = engine.aliases(aliases);
         }
         Ok(Self {
             config: Arc::new(config),

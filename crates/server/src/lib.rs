@@ -92,7 +92,13 @@ pub async fn run(
             ),
             source,
         })?;
-    let socketmap = Socketmap::bind(&config).await?;
+    // One alias store for the engine and the socketmap service.
+    let aliases = if config.aliases.is_enabled() {
+        Some(open_aliases(&config).await?)
+    } else {
+        None
+    };
+    let socketmap = Socketmap::bind(&config, aliases.clone()).await?;
     let metrics_listen = config.metrics.listen;
     let (service, metrics) = match metrics_listen {
         Some(_) => {
@@ -100,11 +106,18 @@ pub async fn run(
             let metrics = nobounce_metrics::Metrics::new(&mut registry);
             let observer: Arc<dyn nobounce_core::observe::Observer> = metrics.clone();
             (
-                Service::with_observer(config, observer)?,
+                Service::with_parts(config, observer, aliases)?,
                 Some((Arc::new(registry), metrics)),
             )
         }
-        None => (Service::new(config)?, None),
+        None => (
+            Service::with_parts(
+                config,
+                Arc::new(nobounce_core::observe::NoObserver),
+                aliases,
+            )?,
+            None,
+        ),
     };
     let maintenance = service.spawn_maintenance();
     // One shutdown for the milter and the policy service.
@@ -287,6 +300,20 @@ fn sampler(service: Service, metrics: Arc<nobounce_metrics::Metrics>) -> nobounc
     })
 }
 
+/// Opens the alias store of `[aliases]`, an error located at its key.
+async fn open_aliases(
+    config: &Config,
+) -> Result<Arc<dyn nobounce_core::alias::AliasStore>, RunError> {
+    nobounce_aliases::open_store(config).await.map_err(|e| {
+        let key = match config.aliases.store {
+            nobounce_config::AliasBackend::Sqlite => "aliases.path",
+            nobounce_config::AliasBackend::Redis => "aliases.store",
+        };
+        let error = config.error_at(key, format!("cannot open the alias store: {e}"));
+        RunError::Config(ConfigErrors(vec![error]))
+    })
+}
+
 /// The socketmap service of `[aliases] socketmap` (Postfix's
 /// `virtual_alias_maps`), bound, with its alias store open.
 struct Socketmap {
@@ -303,20 +330,19 @@ impl Socketmap {
     /// socket, if `[aliases] socketmap` is set. A unix socket gets
     /// `[milter]`'s mode, owner and group, and replaces a socket file left
     /// by an earlier run.
-    async fn bind(config: &Config) -> Result<Option<Self>, RunError> {
+    async fn bind(
+        config: &Config,
+        store: Option<Arc<dyn nobounce_core::alias::AliasStore>>,
+    ) -> Result<Option<Self>, RunError> {
         use nobounce_aliases::socketmap::{SocketmapListener, SocketmapOptions};
         use std::os::unix::fs::FileTypeExt;
         let Some(endpoint) = config.aliases.socketmap.clone() else {
             return Ok(None);
         };
-        let store = nobounce_aliases::open_store(config).await.map_err(|e| {
-            let key = match config.aliases.store {
-                nobounce_config::AliasBackend::Sqlite => "aliases.path",
-                nobounce_config::AliasBackend::Redis => "aliases.store",
-            };
-            let error = config.error_at(key, format!("cannot open the alias store: {e}"));
-            RunError::Config(ConfigErrors(vec![error]))
-        })?;
+        let store = match store {
+            Some(store) => store,
+            None => open_aliases(config).await?,
+        };
         let cannot = |source| RunError::Io {
             what: format!("cannot listen on the socketmap socket {endpoint}"),
             source,

@@ -5,6 +5,7 @@ use crate::generation::Generation;
 use arc_swap::ArcSwap;
 use nobounce_config::{Config, ConfigErrors, StoreBackend};
 use nobounce_core::{
+    alias::AliasStore,
     observe::{NoObserver, Observer},
     Engine, EngineSource, MemoryStore, StateStore,
 };
@@ -87,6 +88,8 @@ struct Inner {
     redis: Option<FallbackStore>,
     /// Told what every generation does (metrics).
     observer: Arc<dyn Observer>,
+    /// Where the engine looks aliases up (opened once, for the process).
+    aliases: Option<Arc<dyn AliasStore>>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -116,6 +119,16 @@ impl Service {
         config: Config,
         observer: Arc<dyn Observer>,
     ) -> Result<Self, ConfigErrors> {
+        Self::with_parts(config, observer, None)
+    }
+
+    /// [`Self::with_observer`], with the alias store for `[aliases]`
+    /// domains (see `nobounce_aliases::open_store`).
+    pub fn with_parts(
+        config: Config,
+        observer: Arc<dyn Observer>,
+        aliases: Option<Arc<dyn AliasStore>>,
+    ) -> Result<Self, ConfigErrors> {
         let Store {
             store,
             memory,
@@ -128,7 +141,8 @@ impl Service {
                 "state shared through Redis"
             );
         }
-        let generation = Generation::build_observed(config, None, &store, Arc::clone(&observer))?;
+        let generation =
+            Generation::build_with(config, None, &store, Arc::clone(&observer), aliases.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 current: ArcSwap::from_pointee(generation),
@@ -136,6 +150,7 @@ impl Service {
                 memory,
                 redis,
                 observer,
+                aliases,
                 reloading: tokio::sync::Mutex::new(()),
             }),
         })
@@ -175,11 +190,12 @@ impl Service {
         let _one = self.inner.reloading.lock().await;
         let old = self.current();
         let config = keep_restart_settings(old.config(), config);
-        let generation = Generation::build_observed(
+        let generation = Generation::build_with(
             config,
             Some(&old),
             &self.inner.store,
             Arc::clone(&self.inner.observer),
+            self.inner.aliases.clone(),
         )?;
         self.inner.current.store(Arc::new(generation));
         info!(event = "reloaded", "configuration reloaded");
@@ -245,11 +261,26 @@ fn keep_restart_settings(old: &Config, mut new: Config) -> Config {
     keep("[milter]", old.milter != new.milter);
     keep("[policy]", old.policy != new.policy);
     keep("[metrics]", old.metrics != new.metrics);
+    keep(
+        "[aliases] store, path, socketmap",
+        (
+            &old.aliases.store,
+            &old.aliases.path,
+            &old.aliases.socketmap,
+        ) != (
+            &new.aliases.store,
+            &new.aliases.path,
+            &new.aliases.socketmap,
+        ),
+    );
     keep("[store]", old.store != new.store);
     new.socket = old.socket.clone();
     new.milter = old.milter.clone();
     new.policy = old.policy.clone();
     new.metrics = old.metrics.clone();
+    new.aliases.store = old.aliases.store;
+    new.aliases.path = old.aliases.path.clone();
+    new.aliases.socketmap = old.aliases.socketmap.clone();
     new.store = old.store.clone();
     new
 }
