@@ -27,10 +27,12 @@ impl EnvelopeAddress {
     /// ```
     pub fn parse(raw: &str) -> Self {
         let s = raw.trim();
+        // Whitespace inside the brackets is not part of the address either
+        // (fuzzing: `<a@b\n>` printed and parsed again lost its `\n`).
         let s = s
             .strip_prefix('<')
             .and_then(|s| s.strip_suffix('>'))
-            .unwrap_or(s);
+            .map_or(s, str::trim);
         // RFC 5321 §4.1.2 source route: "@a,@b:local@domain". What follows
         // a route cannot start with '@' itself; if it does, that is one
         // more route (found by fuzzing: otherwise printing and parsing
@@ -97,6 +99,14 @@ pub fn declared_size<'a>(args: impl IntoIterator<Item = &'a str>) -> Option<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fuzz_whitespace_inside_brackets_is_not_kept() {
+        let parsed = EnvelopeAddress::parse("<joe@example.org\n>");
+        assert_eq!(parsed.domain(), Some("example.org"));
+        assert_eq!(EnvelopeAddress::parse(&parsed.to_string()), parsed);
+        assert_eq!(EnvelopeAddress::parse("< >"), EnvelopeAddress::Null);
+    }
 
     #[test]
     fn fuzz_nested_source_routes_are_all_stripped() {
