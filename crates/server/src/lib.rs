@@ -335,7 +335,6 @@ impl Socketmap {
         store: Option<Arc<dyn nobounce_core::alias::AliasStore>>,
     ) -> Result<Option<Self>, RunError> {
         use nobounce_aliases::socketmap::{SocketmapListener, SocketmapOptions};
-        use std::os::unix::fs::FileTypeExt;
         let Some(endpoint) = config.aliases.socketmap.clone() else {
             return Ok(None);
         };
@@ -347,29 +346,12 @@ impl Socketmap {
             what: format!("cannot listen on the socketmap socket {endpoint}"),
             source,
         };
-        let (listener, path) = match &endpoint {
-            nobounce_core::Endpoint::Unix(path) => {
-                if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-                    std::fs::remove_file(path).map_err(cannot)?;
-                }
-                let m = &config.milter;
-                let listener = listen::bind_unix(
-                    path,
-                    m.socket_mode,
-                    m.socket_owner.as_deref(),
-                    m.socket_group.as_deref(),
-                )
-                .map_err(cannot)?;
-                (SocketmapListener::Unix(listener), Some(path.clone()))
-            }
-            tcp => {
-                let addr = tcp
-                    .listen_addr()
-                    .map_err(|e| cannot(io::Error::other(e)))?
-                    .ok_or_else(|| cannot(io::Error::other("not a TCP socket")))?;
-                let listener = tokio::net::TcpListener::bind(addr).await.map_err(cannot)?;
-                (SocketmapListener::Tcp(listener), None)
-            }
+        let (listener, path) = match listen::bind_endpoint(&endpoint, config)
+            .await
+            .map_err(cannot)?
+        {
+            listen::Bound::Tcp(l) => (SocketmapListener::Tcp(l), None),
+            listen::Bound::Unix(l, path) => (SocketmapListener::Unix(l), Some(path)),
         };
         Ok(Some(Self {
             listener,

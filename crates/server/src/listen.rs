@@ -65,6 +65,44 @@ pub fn bind_unix(
     Ok(listener)
 }
 
+/// A TCP or unix socket, bound; a unix socket with its path, for removal
+/// at the end.
+#[derive(Debug)]
+pub enum Bound {
+    /// A TCP socket.
+    Tcp(TcpListener),
+    /// A unix socket and its path.
+    Unix(UnixListener, PathBuf),
+}
+
+/// Binds `endpoint`: a unix socket with `[milter]`'s mode, owner and group
+/// of `config`, replacing a socket file left by an earlier run; a TCP
+/// socket at an IP address.
+pub async fn bind_endpoint(endpoint: &Endpoint, config: &Config) -> io::Result<Bound> {
+    match endpoint {
+        Endpoint::Unix(path) => {
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+                std::fs::remove_file(path)?;
+            }
+            let m = &config.milter;
+            let listener = bind_unix(
+                path,
+                m.socket_mode,
+                m.socket_owner.as_deref(),
+                m.socket_group.as_deref(),
+            )?;
+            Ok(Bound::Unix(listener, path.clone()))
+        }
+        tcp => {
+            let addr = tcp
+                .listen_addr()
+                .map_err(io::Error::other)?
+                .ok_or_else(|| io::Error::other("not a TCP socket"))?;
+            Ok(Bound::Tcp(TcpListener::bind(addr).await?))
+        }
+    }
+}
+
 /// Where the milter listens, bound.
 #[derive(Debug)]
 pub enum MilterListener {
@@ -79,28 +117,10 @@ impl MilterListener {
     /// socket_mode`, `socket_owner`, `socket_group`). A socket file left by
     /// an earlier run is replaced.
     pub async fn bind(config: &Config) -> io::Result<Self> {
-        match &config.socket {
-            Endpoint::Unix(path) => {
-                if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-                    std::fs::remove_file(path)?;
-                }
-                let m = &config.milter;
-                let listener = bind_unix(
-                    path,
-                    m.socket_mode,
-                    m.socket_owner.as_deref(),
-                    m.socket_group.as_deref(),
-                )?;
-                Ok(Self::Unix(listener, path.clone()))
-            }
-            tcp => {
-                let addr = tcp
-                    .listen_addr()
-                    .map_err(io::Error::other)?
-                    .ok_or_else(|| io::Error::other("not a TCP socket"))?;
-                Ok(Self::Tcp(TcpListener::bind(addr).await?))
-            }
-        }
+        Ok(match bind_endpoint(&config.socket, config).await? {
+            Bound::Tcp(l) => Self::Tcp(l),
+            Bound::Unix(l, path) => Self::Unix(l, path),
+        })
     }
 }
 
@@ -115,27 +135,9 @@ pub async fn bind_policy(
     let Some(endpoint) = &config.policy.socket else {
         return Ok(None);
     };
-    Ok(Some(match endpoint {
-        Endpoint::Unix(path) => {
-            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-                std::fs::remove_file(path)?;
-            }
-            let m = &config.milter;
-            let listener = bind_unix(
-                path,
-                m.socket_mode,
-                m.socket_owner.as_deref(),
-                m.socket_group.as_deref(),
-            )?;
-            (PolicyListener::Unix(listener), Some(path.clone()))
-        }
-        tcp => {
-            let addr = tcp
-                .listen_addr()
-                .map_err(io::Error::other)?
-                .ok_or_else(|| io::Error::other("not a TCP socket"))?;
-            (PolicyListener::Tcp(TcpListener::bind(addr).await?), None)
-        }
+    Ok(Some(match bind_endpoint(endpoint, config).await? {
+        Bound::Tcp(l) => (PolicyListener::Tcp(l), None),
+        Bound::Unix(l, path) => (PolicyListener::Unix(l), Some(path)),
     }))
 }
 
