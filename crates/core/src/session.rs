@@ -504,14 +504,7 @@ impl Session {
         };
         // One deadline for the lookup and the ban bookkeeping together.
         let deadline = tokio::time::Instant::now() + self.command_timeout();
-        let answer = tokio::time::timeout_at(deadline, directory.lookup(&query))
-            .await
-            .unwrap_or_else(|_| {
-                Err(DirectoryError::new(format!(
-                    "no answer within the command deadline ({})",
-                    humantime::format_duration(self.command_timeout())
-                )))
-            });
+        let answer = self.ask_directory(&*directory, &query, deadline).await;
         let (verdict, finding) =
             recipient::decide(&self.engine.inner.config.recipients, &text, answer);
         if finding == RecipientFinding::Unknown
@@ -526,6 +519,24 @@ impl Session {
             self.msg.recipients.push(text);
         }
         verdict
+    }
+
+    /// Asks `directory` about `query`, an error when no answer came by
+    /// `deadline`.
+    async fn ask_directory(
+        &self,
+        directory: &dyn crate::directory::RecipientDirectory,
+        query: &RecipientQuery<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<crate::directory::RecipientStatus, DirectoryError> {
+        tokio::time::timeout_at(deadline, directory.lookup(query))
+            .await
+            .unwrap_or_else(|_| {
+                Err(DirectoryError::new(format!(
+                    "no answer within the command deadline ({})",
+                    humantime::format_duration(self.command_timeout())
+                )))
+            })
     }
 
     /// End of data, with the message's real `size` in bytes (the MAIL SIZE
@@ -552,14 +563,8 @@ impl Session {
                 .as_ref()
                 .is_some_and(EnvelopeAddress::is_null),
         };
-        let answer = tokio::time::timeout(self.command_timeout(), directory.lookup(&query))
-            .await
-            .unwrap_or_else(|_| {
-                Err(DirectoryError::new(format!(
-                    "no answer within the command deadline ({})",
-                    humantime::format_duration(self.command_timeout())
-                )))
-            });
+        let deadline = tokio::time::Instant::now() + self.command_timeout();
+        let answer = self.ask_directory(&*directory, &query, deadline).await;
         let (verdict, _) =
             recipient::decide(&self.engine.inner.config.recipients, &recipient, answer);
         self.finish(Stage::EndOfMessage, verdict)
@@ -666,38 +671,25 @@ impl Session {
             return None;
         }
         let observer = &inner.observer;
+        let trouble = |detail: String| Verdict::Tempfail {
+            reply: Reply::new(
+                451,
+                "4.3.0",
+                "Temporary failure looking up this address, try again later",
+            )
+            .expect("fixed codes of matching class"),
+            reason: Reason::new(Policy::Internal, detail),
+        };
         let found = match tokio::time::timeout_at(deadline, store.get(&text)).await {
             Ok(Ok(found)) => found,
             Ok(Err(e)) => {
                 observer.alias("error");
                 warn!(event = "alias_store_failed", recipient = %text, "alias store failed: {e}");
-                return Some(Verdict::Tempfail {
-                    reply: Reply::new(
-                        451,
-                        "4.3.0",
-                        "Temporary failure looking up this address, try again later",
-                    )
-                    .expect("fixed codes of matching class"),
-                    reason: Reason::new(
-                        Policy::Internal,
-                        format!("alias store failed for {text}: {e}"),
-                    ),
-                });
+                return Some(trouble(format!("alias store failed for {text}: {e}")));
             }
             Err(_) => {
                 observer.alias("error");
-                return Some(Verdict::Tempfail {
-                    reply: Reply::new(
-                        451,
-                        "4.3.0",
-                        "Temporary failure looking up this address, try again later",
-                    )
-                    .expect("fixed codes of matching class"),
-                    reason: Reason::new(
-                        Policy::Internal,
-                        format!("alias store too slow for {text}"),
-                    ),
-                });
+                return Some(trouble(format!("alias store too slow for {text}")));
             }
         };
         let unknown = |detail: String| Verdict::Reject {
@@ -880,6 +872,13 @@ impl Session {
         {
             warn!(client_ip = %display_ip(self.conn.client_ip), "state store too slow, unknown recipient not counted");
         }
+    }
+
+    /// Whether a header named `name` matters to any rule: a front end may
+    /// skip the others without converting them (a message has 10 to 20).
+    pub fn reads_header(name: &[u8]) -> bool {
+        name.eq_ignore_ascii_case(b"Authentication-Results")
+            || name.eq_ignore_ascii_case(b"Content-Type")
     }
 
     /// A header of the message (for forged `Authentication-Results`: one

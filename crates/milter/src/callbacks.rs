@@ -171,11 +171,14 @@ pub fn callbacks(engines: Arc<dyn EngineSource>) -> Callbacks<Conn> {
                     conn.session.set_queue_id(id);
                 }
                 let started = std::time::Instant::now();
-                let args: Vec<String> = args.iter().map(|a| lossy(a)).collect();
+                // Borrowed when valid UTF-8 (the usual case), copied
+                // lossily otherwise.
+                let args: Vec<std::borrow::Cow<'_, str>> =
+                    args.iter().map(|a| a.to_string_lossy()).collect();
                 let (sender, esmtp) = args
                     .split_first()
-                    .map_or(("", &[][..]), |(s, r)| (s.as_str(), r));
-                let esmtp: Vec<&str> = esmtp.iter().map(String::as_str).collect();
+                    .map_or(("", &[][..]), |(s, r)| (s.as_ref(), r));
+                let esmtp: Vec<&str> = esmtp.iter().map(AsRef::as_ref).collect();
                 let verdict = conn
                     .session
                     .mail_from(sender, &esmtp, auth.as_deref())
@@ -214,7 +217,9 @@ pub fn callbacks(engines: Arc<dyn EngineSource>) -> Callbacks<Conn> {
                 let Some(conn) = ctx.data.as_mut() else {
                     return Status::Continue;
                 };
-                conn.session.header(&lossy(&name), &lossy(&value));
+                if Session::reads_header(name.to_bytes()) {
+                    conn.session.header(&lossy(&name), &lossy(&value));
+                }
                 conn.status(
                     ProtoOpts::NOREPLY_HEADER,
                     &mut ctx.reply,
