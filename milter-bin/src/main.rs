@@ -469,10 +469,8 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     let _log_guard = logging::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = nobounce_server::runtime(&config.milter);
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("nobounce: cannot start runtime: {e}");

@@ -387,6 +387,7 @@ impl<'a> Builder<'a> {
             })
         };
         MilterConfig {
+            threads: self.number("milter.threads", raw.threads, 1, 0, 1024),
             max_connections: self.number(
                 "milter.max_connections",
                 raw.max_connections,

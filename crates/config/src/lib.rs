@@ -117,6 +117,10 @@ pub enum LogFormat {
 /// `[milter]`.
 #[derive(Clone, Debug, Eq, PartialEq, Serialize)]
 pub struct MilterConfig {
+    /// Worker threads: 1 (the default) serves everything on one thread,
+    /// which costs the least CPU per message; N more, N threads; 0, one per
+    /// core. Restart to change.
+    pub threads: usize,
     /// Milter connections served at once. Default 1000. Restart to change.
     pub max_connections: usize,
     /// Idle timeout of one milter connection. Default 7210 s (libmilter's).

@@ -135,6 +135,7 @@ raw_table!(
 raw_table!(
     /// `[milter]`.
     RawMilter {
+        threads: i64,
         max_connections: i64,
         connection_timeout: RawDuration,
         connection_timeout_secs: i64,
