@@ -449,17 +449,31 @@ impl Session {
                 .observer
                 .spf_result(spf::result_name(&outcome.answer.result));
         }
-        info!(
-            target: "nobounce::spf",
-            queue_id = self.msg.queue_id.as_deref().unwrap_or("-"),
-            client_ip = %display_ip(self.conn.client_ip),
-            stage = Stage::MailFrom.as_str(),
-            identity = outcome.identity.as_str(),
-            sender = %outcome.sender,
-            result = spf::result_name(&outcome.answer.result),
-            cause = outcome.answer.cause.as_deref().unwrap_or("-"),
-            "SPF result"
-        );
+        // A pass is the everyday case, recorded in the message's
+        // Received-SPF header anyway: logged at debug level. Formatting and
+        // writing one log line per message cost as much CPU as the rest of
+        // nobounce's work for it (issue 8). Every other result is worth a
+        // line at info level.
+        macro_rules! spf_line {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "nobounce::spf",
+                    queue_id = self.msg.queue_id.as_deref().unwrap_or("-"),
+                    client_ip = %display_ip(self.conn.client_ip),
+                    stage = Stage::MailFrom.as_str(),
+                    identity = outcome.identity.as_str(),
+                    sender = %outcome.sender,
+                    result = spf::result_name(&outcome.answer.result),
+                    cause = outcome.answer.cause.as_deref().unwrap_or("-"),
+                    "SPF result"
+                )
+            };
+        }
+        if matches!(outcome.answer.result, SpfResult::Pass) {
+            spf_line!(debug);
+        } else {
+            spf_line!(info);
+        }
     }
 
     /// RCPT TO with `recipient`.
