@@ -21,8 +21,9 @@
 #   QUICK=1            tiny sizes, to check that the script works end to end
 #   PARTS              "milter postfix" (default)
 #   TARGETS            milters of the loadgen part, default
-#                      "plain policy nobounce spf-milter spf-milter-inet"
-#                      (spf-milter: on a UNIX socket; spf-milter-inet: on TCP,
+#                      "plain policy nobounce nobounce-unix spf-milter
+#                      spf-milter-inet" (nobounce-unix, spf-milter: on a UNIX
+#                      socket; nobounce, spf-milter-inet: on TCP,
 #                      measured with 12 headers only, see below)
 #   RUN_SECS           seconds each measured loadgen run should last (12; the
 #                      transaction count comes from a calibration pass)
@@ -51,7 +52,7 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${OUT:-$ROOT/target/bench-results/issue8-$STAMP}
 QUICK=${QUICK:-0}
 PARTS=${PARTS:-"milter postfix"}
-TARGETS=${TARGETS:-"plain policy nobounce spf-milter spf-milter-inet"}
+TARGETS=${TARGETS:-"plain policy nobounce nobounce-unix spf-milter spf-milter-inet"}
 CONCURRENCY=${CONCURRENCY:-8}
 HEADERS_LIST=${HEADERS_LIST:-"2 12 30"}
 MPC_LIST=${MPC_LIST:-"1 10"}
@@ -469,7 +470,9 @@ if want_part milter; then
     ACTIVE=()
     if want_target plain; then start_target plain plain && ACTIVE+=(plain); fi
     if want_target policy; then start_target policy policy && ACTIVE+=(policy); fi
-    if want_target nobounce; then start_target nobounce nobounce "${DNS_ADDR[dns]}" dns && ACTIVE+=(nobounce); fi
+    for t in nobounce nobounce-unix; do
+        if want_target $t; then start_target $t $t "${DNS_ADDR[dns]}" dns && ACTIVE+=($t); fi
+    done
     if { want_target spf-milter || want_target spf-milter-inet; } && [[ $SPF_STATUS == built* ]]; then
         # resolv.conf means port 53: a loopback address whose port 53 is free.
         dns53=""
@@ -491,10 +494,12 @@ if want_part milter; then
     fi
     ((${#ACTIVE[@]})) || die "no target to measure"
 
-    if [[ -n ${T_PID[nobounce]:-} ]]; then
-        log "nobounce: warm-up pass of $WARM_TXNS transactions (fills the DNS and SPF caches)"
-        load warmup warm-nobounce nobounce "$CONCURRENCY" 10 12 0 "$WARM_TXNS"
-    fi
+    for t in nobounce nobounce-unix; do
+        if [[ -n ${T_PID[$t]:-} ]]; then
+            log "$t: warm-up pass of $WARM_TXNS transactions (fills the DNS and SPF caches)"
+            load warmup "warm-$t" "$t" "$CONCURRENCY" 10 12 0 "$WARM_TXNS"
+        fi
+    done
 
     SHAPES=()
     for mpc in $MPC_LIST; do
@@ -516,7 +521,7 @@ if want_part milter; then
                     NTX[$base]=$CAL_N
                     # nobounce: replay the measured transactions once, so that
                     # every SPF answer they need is cached.
-                    [[ $t == nobounce ]] &&
+                    [[ $t == nobounce* ]] &&
                         load warmup "$base-warm" "$t" "$conc" "$mpc" "$hdr" 0 "${NTX[$base]}"
                 fi
                 load runs "$base-r$round" "$t" "$conc" "$mpc" "$hdr" "$round" "${NTX[$base]}"
@@ -806,6 +811,7 @@ def check(v; op; lim): if v == null then "not measured"
   | map({t: .[0].bench.target, c: .[0].bench.concurrency, m: .[0].bench.messages_per_connection,
          h: .[0].bench.headers, n: length,
          tps: (map(.transactions_per_sec) | mean), p50: (map(.latency.p50_us) | mean),
+         m50: (map(.message_latency.p50_us) | mean),
          p99: (map(.latency.p99_us) | mean), cpu: (map(.target_cpu_us_per_txn) | mean),
          failed: (map(.failed) | add)})) as $m
 | ([.[] | select(.bench.part == "postfix")]
@@ -828,13 +834,13 @@ def check(v; op; lim): if v == null then "not measured"
 (if ($m | length) > 0 then
   "## Milter protocol: milter-loadgen, \($conc) connections",
   "",
-  "Targets: plain floor = `noop-milter --mode plain`; policy floor = `noop-milter --mode policy`; nobounce = its defaults + `trusted_networks = []`, caches warm; spf-milter 0.6 (\($spf)) on a UNIX socket (\"unix\") and on TCP (\"TCP\", 12 headers only). Mean over \([$m[].n] | max) round(s). Target CPU from `--target-pid` (/proc, 10 ms ticks).",
+  "Targets: plain floor = `noop-milter --mode plain`; policy floor = `noop-milter --mode policy`; nobounce = its defaults + `trusted_networks = []`, caches warm; spf-milter 0.6 (\($spf)) on a UNIX socket (\"unix\") and on TCP (\"TCP\", 12 headers only); nobounce on TCP and, as \"nobounce unix\", on a UNIX socket. Mean over \([$m[].n] | max) round(s). Target CPU from `--target-pid` (/proc, 10 ms ticks).",
   "",
-  "| msgs/conn | headers | plain tx/s | policy tx/s | nobounce tx/s | spf-milter unix tx/s | spf-milter TCP tx/s | nobounce ÷ policy | nobounce ÷ spf-milter unix | nobounce ÷ spf-milter TCP | nobounce ÷ plain |",
-  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+  "| msgs/conn | headers | plain tx/s | policy tx/s | nobounce tx/s | nobounce unix tx/s | spf-milter unix tx/s | spf-milter TCP tx/s | nobounce ÷ policy | nobounce unix ÷ spf-milter unix | nobounce ÷ spf-milter TCP | nobounce ÷ plain |",
+  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   (mpcs[] as $mm | hdrs[] as $h
-    | [g("plain"; $conc; $mm; $h), g("policy"; $conc; $mm; $h), g("nobounce"; $conc; $mm; $h), g("spf-milter"; $conc; $mm; $h), g("spf-milter-inet"; $conc; $mm; $h)] as [$a, $b, $n, $s, $i]
-    | "| \($mm) | \($h) | \($a.tps | d(0)) | \($b.tps | d(0)) | \($n.tps | d(0)) | \($s.tps | d(0)) | \($i.tps | d(0)) | \(ratio($n.tps; $b.tps) | d(2)) | \(ratio($n.tps; $s.tps) | d(2)) | \(ratio($n.tps; $i.tps) | d(2)) | \(ratio($n.tps; $a.tps) | d(2)) |"),
+    | [g("plain"; $conc; $mm; $h), g("policy"; $conc; $mm; $h), g("nobounce"; $conc; $mm; $h), g("spf-milter"; $conc; $mm; $h), g("spf-milter-inet"; $conc; $mm; $h), g("nobounce-unix"; $conc; $mm; $h)] as [$a, $b, $n, $s, $i, $u]
+    | "| \($mm) | \($h) | \($a.tps | d(0)) | \($b.tps | d(0)) | \($n.tps | d(0)) | \($u.tps | d(0)) | \($s.tps | d(0)) | \($i.tps | d(0)) | \(ratio($n.tps; $b.tps) | d(2)) | \(ratio($u.tps; $s.tps) | d(2)) | \(ratio($n.tps; $i.tps) | d(2)) | \(ratio($n.tps; $a.tps) | d(2)) |"),
   "",
   "Target CPU per transaction (µs) and p50 latency:",
   "",
@@ -846,11 +852,13 @@ def check(v; op; lim): if v == null then "not measured"
   "",
   "## Latency on one connection (\($lath) headers)",
   "",
-  "| msgs/conn | target | tx/s | p50 ms | p99 ms | CPU µs/tx | p50 ÷ policy | p99 ÷ policy |",
-  "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+  "p50 and p99: per transaction, from MAIL to the final reply. p50 per message: the same plus, for a message that opens its connection, the connection's setup (TCP connect, negotiation, connect and HELO replies): what the MTA waits for per message. It is the fair measure with one message per connection, as the policy floor answers HELO (a round trip counted in the setup) where nobounce never refuses HELO, asks for no HELO reply and checks the HELO identity at MAIL (counted in the transaction).",
+  "",
+  "| msgs/conn | target | tx/s | p50 ms | p99 ms | p50 per message ms | CPU µs/tx | p50 ÷ policy | p99 ÷ policy | p50 per message ÷ policy |",
+  "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   (mpcs[] as $mm | g("policy"; 1; $mm; $lath) as $b
-    | ("plain", "policy", "nobounce", "spf-milter", "spf-milter-inet") as $t | g($t; 1; $mm; $lath) as $x | select($x != null)
-    | "| \($mm) | \({"spf-milter": "spf-milter unix", "spf-milter-inet": "spf-milter TCP"}[$t] // $t) | \($x.tps | d(0)) | \($x.p50 | ms | d(3)) | \($x.p99 | ms | d(3)) | \($x.cpu | d(0)) | \(ratio($x.p50; $b.p50) | d(2)) | \(ratio($x.p99; $b.p99) | d(2)) |"),
+    | ("plain", "policy", "nobounce", "nobounce-unix", "spf-milter", "spf-milter-inet") as $t | g($t; 1; $mm; $lath) as $x | select($x != null)
+    | "| \($mm) | \({"spf-milter": "spf-milter unix", "spf-milter-inet": "spf-milter TCP", "nobounce-unix": "nobounce unix"}[$t] // $t) | \($x.tps | d(0)) | \($x.p50 | ms | d(3)) | \($x.p99 | ms | d(3)) | \($x.m50 | ms | d(3)) | \($x.cpu | d(0)) | \(ratio($x.p50; $b.p50) | d(2)) | \(ratio($x.p99; $b.p99) | d(2)) | \(ratio($x.m50; $b.m50) | d(2)) |"),
   ""
 else empty end),
 (if ($p | length) > 0 then
@@ -881,16 +889,20 @@ else empty end),
 "| --- | ---: | ---: | --- |",
 (mpcs[] as $mm | ratio(g("nobounce"; $conc; $mm; 12).tps; g("policy"; $conc; $mm; 12).tps) as $r
   | "| nobounce ÷ policy floor, throughput, \($mm) msg/conn | \($r | d(2)) | ≥ 0.85 | \(check($r; ">="; 0.85)) |"),
+(mpcs[] as $mm | ratio(g("nobounce"; 1; $mm; $lath).m50; g("policy"; 1; $mm; $lath).m50) as $r
+  | "| nobounce ÷ policy floor, p50 per message (setup included) on one connection, \($mm) msg/conn | \($r | d(2)) | ≤ 1.3 | \(check($r; "<="; 1.3)) |"),
 (mpcs[] as $mm | ratio(g("nobounce"; 1; $mm; $lath).p50; g("policy"; 1; $mm; $lath).p50) as $r
-  | "| nobounce ÷ policy floor, p50 on one connection, \($mm) msg/conn | \($r | d(2)) | ≤ 1.3 | \(check($r; "<="; 1.3)) |"),
+  | "| (for reference) nobounce ÷ policy floor, p50 per transaction (MAIL to end of message), one connection, \($mm) msg/conn | \($r | d(2)) | ≤ 1.3 | \(check($r; "<="; 1.3)) |"),
 (mpcs[] as $mm | ratio(g("nobounce"; $conc; $mm; 12).cpu; g("policy"; $conc; $mm; 12).cpu) as $r
   | "| nobounce ÷ policy floor, CPU per transaction, \($mm) msg/conn | \($r | d(2)) | ≤ 1.5 | \(check($r; "<="; 1.5)) |"),
 (ratio(pf("nobounce"; 20).mps; pf("noop"; 20).mps) as $r
   | "| Postfix + nobounce ÷ Postfix + noop-milter (both TCP), 20 sessions | \($r | d(2)) | ≥ 0.95 | \(check($r; ">="; 0.95)) |"),
 (ratio(pf("nobounce-unix"; 20).mps; pf("noop"; 20).mps) as $r | select($r != null)
   | "| (for reference) Postfix + nobounce on a UNIX socket ÷ Postfix + noop-milter on TCP, 20 sessions | \($r | d(2)) | ≥ 0.95 | \(check($r; ">="; 0.95)) |"),
-(mpcs[] as $mm | ratio(g("nobounce"; $conc; $mm; 12).tps; g("spf-milter"; $conc; $mm; 12).tps) as $r
-  | "| nobounce ÷ spf-milter 0.6 on a UNIX socket (its best case), throughput, \($mm) msg/conn | \($r | d(2)) | ≥ 5 | \(if $r != null then check($r; ">="; 5) elif ($spf | startswith("built")) then "not measured" else $spf end) |"),
+(mpcs[] as $mm | ratio(g("nobounce-unix"; $conc; $mm; 12).tps; g("spf-milter"; $conc; $mm; 12).tps) as $r
+  | "| nobounce ÷ spf-milter 0.6, both on a UNIX socket (spf-milter's best case), throughput, \($mm) msg/conn | \($r | d(2)) | ≥ 5 | \(if $r != null then check($r; ">="; 5) elif ($spf | startswith("built")) then "not measured" else $spf end) |"),
+(mpcs[] as $mm | ratio(g("nobounce"; $conc; $mm; 12).tps; g("spf-milter"; $conc; $mm; 12).tps) as $r | select($r != null)
+  | "| (for reference) nobounce on TCP ÷ spf-milter 0.6 on a UNIX socket, throughput, \($mm) msg/conn | \($r | d(2)) | ≥ 5 | \(check($r; ">="; 5)) |"),
 (mpcs[] as $mm | ratio(g("nobounce"; $conc; $mm; 12).tps; g("spf-milter-inet"; $conc; $mm; 12).tps) as $r | select($r != null)
   | "| (for reference) nobounce ÷ spf-milter 0.6 on TCP, throughput, \($mm) msg/conn | \($r | d(2)) | ≥ 5 | \(check($r; ">="; 5)) |"),
 "",

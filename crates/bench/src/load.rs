@@ -74,6 +74,8 @@ pub fn process_cpu(pid: u32) -> Option<Duration> {
 #[derive(Default)]
 struct Tally {
     latencies: Vec<Duration>,
+    /// Per message, with the setup of the connection it opened (if any).
+    message: Vec<Duration>,
     setup: Vec<Duration>,
     connections: u64,
     completed: u64,
@@ -121,6 +123,7 @@ impl Tally {
 
     fn merge(&mut self, other: Tally) {
         self.latencies.extend(other.latencies);
+        self.message.extend(other.message);
         self.setup.extend(other.setup);
         self.connections += other.connections;
         self.completed += other.completed;
@@ -192,18 +195,24 @@ async fn worker(shared: Arc<Shared>) -> Tally {
         let last = first.saturating_add(per_conn).min(shared.count);
         let mut current: Option<MtaSession> = None;
         for i in first..last {
+            // A message that opens its connection waits for the setup too.
+            let mut started = None;
             let mut session = match current.take() {
                 Some(s) => s,
-                None => match open(&shared, &mut tally).await {
-                    Some(s) => s,
-                    None => continue,
-                },
+                None => {
+                    started = Some(Instant::now());
+                    match open(&shared, &mut tally).await {
+                        Some(s) => s,
+                        None => continue,
+                    }
+                }
             };
             let plan = shared.generator.transaction(shared.base + i);
             let t0 = Instant::now();
             match session.transaction(workload, &plan).await {
                 Ok(outcome) => {
                     tally.latencies.push(t0.elapsed());
+                    tally.message.push(started.unwrap_or(t0).elapsed());
                     tally.record_outcome(&outcome);
                     current = Some(session);
                 }
@@ -288,6 +297,7 @@ pub async fn run_load(config: &LoadConfig) -> LoadReport {
             0.0
         },
         latency: LatencySummary::from_samples(&mut t.latencies),
+        message_latency: LatencySummary::from_samples(&mut t.message),
         setup_latency: LatencySummary::from_samples(&mut t.setup),
         statuses: t.statuses,
         final_stages: t.final_stages,

@@ -107,6 +107,12 @@ pub struct LoadReport {
     /// Per transaction, from queueing MAIL to the final reply (transactions
     /// decided at connect or helo have none).
     pub latency: LatencySummary,
+    /// Per message, as the MTA waits for the milter: `latency`, plus the
+    /// connection's setup for a message that opened its connection (with
+    /// one message per connection, every message). A milter that answers
+    /// HELO pays a round trip in the setup that one doing that work at MAIL
+    /// pays in the transaction; this compares them fairly.
+    pub message_latency: LatencySummary,
     /// Per connection: TCP connect, negotiation, connect and helo replies.
     pub setup_latency: LatencySummary,
     /// Final status of completed transactions: `continue`, `accept`,
@@ -152,6 +158,7 @@ impl Display for LoadReport {
             writeln!(f, "milter CPU:    {secs:.2} s, {per:.0} µs/transaction")?;
         }
         writeln!(f, "latency:       {}", self.latency)?;
+        writeln!(f, "message latency (with setup): {}", self.message_latency)?;
         writeln!(f, "setup latency: {}", self.setup_latency)?;
         if self.rejected_recipients > 0 {
             writeln!(f, "rejected recipients: {}", self.rejected_recipients)?;
