@@ -124,7 +124,7 @@ fuzz_target!(|data: &[u8]| {
             let (name, value) = header.split_once(':').unwrap_or(("Authentication-Results", header));
             s.header(name, value);
         }
-        let plan = s.end_of_message();
+        let plan = s.end_of_message().await;
         if let Some(v) = &plan.refuse {
             assert_safe(v);
         }
