@@ -26,22 +26,20 @@ impl EnvelopeAddress {
     /// );
     /// ```
     pub fn parse(raw: &str) -> Self {
-        let s = raw.trim();
-        // Whitespace inside the brackets is not part of the address either
-        // (fuzzing: `<a@b\n>` printed and parsed again lost its `\n`).
-        let s = s
-            .strip_prefix('<')
-            .and_then(|s| s.strip_suffix('>'))
-            .map_or(s, str::trim);
-        // RFC 5321 §4.1.2 source route: "@a,@b:local@domain". What follows
-        // a route cannot start with '@' itself; if it does, that is one
-        // more route (found by fuzzing: otherwise printing and parsing
-        // again gave another address).
-        let mut s = s;
-        while s.starts_with('@') {
-            match s.split_once(':') {
-                Some((_, rest)) => s = rest.trim(),
-                None => break,
+        // Angle brackets, whitespace inside them (fuzzing: `<a@b\n>` printed
+        // and parsed again lost its `\n`) and RFC 5321 §4.1.2 source routes
+        // ("@a,@b:local@domain") are not part of the address. They are
+        // stripped until none is left, in any nesting: what follows a route
+        // may be bracketed or routed again (fuzzing found `<@a:@b:l@d>` and
+        // `<<l@d >>`, which otherwise printed as another address).
+        let mut s = raw.trim();
+        loop {
+            if let Some(inner) = s.strip_prefix('<').and_then(|s| s.strip_suffix('>')) {
+                s = inner.trim();
+            } else if let Some((_, rest)) = s.strip_prefix('@').and_then(|s| s.split_once(':')) {
+                s = rest.trim();
+            } else {
+                break;
             }
         }
         if s.is_empty() {
@@ -106,6 +104,21 @@ mod tests {
         assert_eq!(parsed.domain(), Some("example.org"));
         assert_eq!(EnvelopeAddress::parse(&parsed.to_string()), parsed);
         assert_eq!(EnvelopeAddress::parse("< >"), EnvelopeAddress::Null);
+    }
+
+    #[test]
+    fn fuzz_nested_brackets_are_all_stripped() {
+        // The envelope target's crash-440df0f2: the inner pair was kept as
+        // part of the local part and domain, and printed without the outer.
+        let text = "<<\u{fffd}@\0\0\0\0\0\u{1} >>";
+        let parsed = EnvelopeAddress::parse(text);
+        assert_eq!(parsed.domain(), Some("\0\0\0\0\0\u{1}"));
+        assert_eq!(EnvelopeAddress::parse(&parsed.to_string()), parsed);
+        assert_eq!(
+            EnvelopeAddress::parse("<@r.example:<joe@example.org>>").to_string(),
+            "joe@example.org"
+        );
+        assert_eq!(EnvelopeAddress::parse("<<>>"), EnvelopeAddress::Null);
     }
 
     #[test]
