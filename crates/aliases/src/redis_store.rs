@@ -6,24 +6,19 @@ use nobounce_core::{
     alias::{address_key, Alias, AliasError, AliasStore, Created, ListFilter, Update},
     store::{from_millis, to_millis},
 };
-use nobounce_store_redis::RedisConfig;
-use redis::{aio::ConnectionManager, Client, Script};
+use nobounce_store_redis::{RedisConfig, RedisConnection, RunError};
+use redis::{aio::ConnectionManager, Script};
 use std::{
     collections::HashMap,
     fmt::{self, Debug, Formatter},
     future::Future,
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
-use tokio::sync::OnceCell;
 
 struct Inner {
-    client: Client,
-    /// Connected on first use, so that a store can be made while Redis is
-    /// down; the manager reconnects by itself after errors.
-    conn: OnceCell<ConnectionManager>,
+    redis: RedisConnection,
     prefix: String,
-    timeout: Duration,
     create: Script,
     update: Script,
 }
@@ -62,9 +57,8 @@ impl Debug for RedisAliasStore {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         // The address only: the URL may hold a password.
         f.debug_struct("RedisAliasStore")
-            .field("addr", &self.inner.client.get_connection_info().addr)
+            .field("redis", &self.inner.redis)
             .field("prefix", &self.inner.prefix)
-            .field("timeout", &self.inner.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -89,14 +83,12 @@ impl RedisAliasStore {
     /// assert!(RedisAliasStore::new(&bad).is_err());
     /// ```
     pub fn new(config: &RedisConfig) -> Result<Self, AliasError> {
-        let client = Client::open(config.url.as_str())
+        let redis = RedisConnection::new(&config.url, config.timeout, "alias_store_retry")
             .map_err(|e| AliasError::with_source("invalid redis url", e))?;
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
-                conn: OnceCell::new(),
+                redis,
                 prefix: config.prefix.clone(),
-                timeout: config.timeout,
                 create: Script::new(include_str!("lua/create.lua")),
                 update: Script::new(include_str!("lua/update.lua")),
             }),
@@ -121,22 +113,6 @@ impl RedisAliasStore {
         format!("{}aliases", self.inner.prefix)
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
-        let inner = &self.inner;
-        inner
-            .conn
-            .get_or_try_init(|| async {
-                // No retries of its own: the caller's timeout bounds it.
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_number_of_retries(0)
-                    .set_connection_timeout(inner.timeout)
-                    .set_response_timeout(inner.timeout);
-                ConnectionManager::new_with_config(inner.client.clone(), config).await
-            })
-            .await
-            .cloned()
-    }
-
     /// Runs `op` within the timeout, once more after a dropped connection
     /// (every operation is safe to repeat: a repeated create finds the
     /// alias, a repeated update finds it done).
@@ -145,23 +121,13 @@ impl RedisAliasStore {
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let attempt = async {
-            let conn = self.connection().await?;
-            match op(conn.clone()).await {
-                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
-                    tracing::debug!(event = "alias_store_retry", error = %e, "redis connection dropped, retrying once");
-                    op(conn).await
-                }
-                result => result,
-            }
-        };
-        match tokio::time::timeout(self.inner.timeout, attempt).await {
-            Ok(result) => result.map_err(|e| redis_error(what, e)),
-            Err(_) => Err(AliasError::new(format!(
+        self.inner.redis.run(op).await.map_err(|e| match e {
+            RunError::Redis(e) => redis_error(what, e),
+            RunError::TimedOut(t) => AliasError::new(format!(
                 "redis alias {what} timed out after {} ms",
-                self.inner.timeout.as_millis()
-            ))),
-        }
+                t.as_millis()
+            )),
+        })
     }
 
     /// The update script, and the record after it.

@@ -35,10 +35,12 @@
 //! [`StateStore`]: nobounce_core::StateStore
 //! [`MemoryStore`]: nobounce_core::MemoryStore
 
+mod connection;
 mod fallback;
 mod redis_store;
 
 pub use crate::{
+    connection::{RedisConnection, RunError},
     fallback::FallbackStore,
     redis_store::{check_url, redact, RedisConfig, RedisStore},
 };

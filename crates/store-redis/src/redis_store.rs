@@ -1,12 +1,13 @@
 //! [`RedisStore`]: the `StateStore` port on Redis.
 
+use crate::connection::{RedisConnection, RunError};
 use async_trait::async_trait;
 use nobounce_core::clock::serialize_duration;
 use nobounce_core::store::{
     duration_millis, from_millis, to_millis, Ban, BanRule, StateStore, StoreError, Strike,
     MAX_DISTINCT_MEMBERS,
 };
-use redis::{aio::ConnectionManager, Client, Script};
+use redis::{aio::ConnectionManager, Script};
 use serde::Serialize;
 use std::{
     fmt::{self, Debug, Formatter},
@@ -14,7 +15,6 @@ use std::{
     sync::Arc,
     time::{Duration, SystemTime},
 };
-use tokio::sync::OnceCell;
 
 /// Settings of the Redis store (`[store.redis]` in the configuration file).
 #[derive(Clone, Eq, PartialEq, Serialize)]
@@ -130,14 +130,10 @@ impl Scripts {
 }
 
 struct Inner {
-    client: Client,
-    /// Connected on first use, so that a store can be made while Redis is
-    /// down; the manager then reconnects by itself after errors.
-    conn: OnceCell<ConnectionManager>,
+    redis: RedisConnection,
     prefix: String,
     /// `prefix` with glob characters escaped, for SCAN MATCH.
     prefix_pattern: String,
-    timeout: Duration,
     scripts: Scripts,
 }
 
@@ -155,9 +151,8 @@ impl Debug for RedisStore {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         // The address only: the URL may hold a password.
         f.debug_struct("RedisStore")
-            .field("addr", &self.inner.client.get_connection_info().addr)
+            .field("redis", &self.inner.redis)
             .field("prefix", &self.inner.prefix)
-            .field("timeout", &self.inner.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -201,15 +196,13 @@ fn parse_ban(key: &str, value: &str) -> Result<Ban, StoreError> {
 impl RedisStore {
     /// A store for `config`; fails only on a malformed URL (no I/O here).
     pub fn new(config: &RedisConfig) -> Result<Self, StoreError> {
-        let client = Client::open(config.url.as_str())
+        let redis = RedisConnection::new(&config.url, config.timeout, "store_retry")
             .map_err(|e| StoreError::with_source("invalid redis url", e))?;
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
-                conn: OnceCell::new(),
+                redis,
                 prefix: config.prefix.clone(),
                 prefix_pattern: glob_escape(&config.prefix),
-                timeout: config.timeout,
                 scripts: Scripts::new(),
             }),
         })
@@ -227,52 +220,20 @@ impl RedisStore {
         format!("{}{kind}:{key}", self.inner.prefix)
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
-        let inner = &self.inner;
-        inner
-            .conn
-            .get_or_try_init(|| async {
-                // No retries of its own: the caller's timeout bounds the
-                // attempt, and the fallback store decides when to try again.
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_number_of_retries(0)
-                    .set_connection_timeout(inner.timeout)
-                    .set_response_timeout(inner.timeout);
-                ConnectionManager::new_with_config(inner.client.clone(), config).await
-            })
-            .await
-            .cloned()
-    }
-
-    /// Runs `op` on a connection within the timeout.
-    ///
-    /// After a dropped connection (Redis restarted, a proxy closed it) the
-    /// connection manager reconnects, and `op` is tried once more within the
-    /// same timeout, so a restart does not cost one failed operation per
-    /// store. Every operation is safe to repeat: the scripts are idempotent
-    /// (a repeated strike finds the ban the first one made).
+    /// Runs `op` on the connection within the timeout, once more after a
+    /// dropped connection. Every operation is safe to repeat: the scripts
+    /// are idempotent (a repeated strike finds the ban the first one made).
     async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let attempt = async {
-            let conn = self.connection().await?;
-            match op(conn.clone()).await {
-                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
-                    tracing::debug!(event = "store_retry", error = %e, "redis connection dropped, retrying once");
-                    op(conn).await
-                }
-                result => result,
+        self.inner.redis.run(op).await.map_err(|e| match e {
+            RunError::Redis(e) => redis_error(what, e),
+            RunError::TimedOut(t) => {
+                StoreError::new(format!("redis {what} timed out after {} ms", t.as_millis()))
             }
-        };
-        match tokio::time::timeout(self.inner.timeout, attempt).await {
-            Ok(result) => result.map_err(|e| redis_error(what, e)),
-            Err(_) => Err(StoreError::new(format!(
-                "redis {what} timed out after {} ms",
-                self.inner.timeout.as_millis()
-            ))),
-        }
+        })
     }
 }
 
