@@ -35,9 +35,7 @@ use std::{
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::{TcpListener, UnixListener},
-    sync::{watch, Semaphore},
-    task::JoinSet,
+    sync::watch,
 };
 use tracing::{debug, info, warn};
 
@@ -323,14 +321,10 @@ impl SocketmapOptions {
     }
 }
 
-/// Where the socketmap service listens, bound.
-#[derive(Debug)]
-pub enum SocketmapListener {
-    /// A TCP socket (`socketmap:inet:HOST:PORT:aliases`).
-    Tcp(TcpListener),
-    /// A unix socket (`socketmap:unix:PATH:aliases`).
-    Unix(UnixListener),
-}
+/// Where the socketmap service listens, bound: TCP
+/// (`socketmap:inet:HOST:PORT:aliases`) or a unix socket
+/// (`socketmap:unix:PATH:aliases`).
+pub type SocketmapListener = nobounce_listen::Listener;
 
 /// Whether the store is failing, to log an outage once rather than once per
 /// lookup.
@@ -380,72 +374,24 @@ pub async fn serve(
     options: SocketmapOptions,
     shutdown: impl Future,
 ) -> io::Result<()> {
-    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
-    let (stop, stopped) = watch::channel(false);
     let options = Arc::new(options);
     let health = Arc::new(Health::default());
-    let mut tasks = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        while tasks.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            permit = Arc::clone(&slots).acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
-        let accepted = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = accept(&listener) => accepted,
-        };
-        let stream = match accepted {
-            Ok(stream) => stream,
-            Err(e) => {
-                // Out of file descriptors and the like: wait a little
-                // rather than spin.
-                warn!(
-                    event = "socketmap_accept_failed",
-                    "socketmap: cannot accept: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let conn = Conn {
-            store: Arc::clone(&store),
-            options: Arc::clone(&options),
-            health: Arc::clone(&health),
-            stopped: stopped.clone(),
-        };
-        match stream {
-            Stream::Tcp(s, peer) => tasks.spawn(async move {
-                conn.run(s, peer).await;
-                drop(permit);
-            }),
-            Stream::Unix(s) => tasks.spawn(async move {
-                conn.run(s, "unix".into()).await;
-                drop(permit);
-            }),
-        };
-    }
-    let _ = stop.send(true);
-    while tasks.join_next().await.is_some() {}
-    Ok(())
-}
-
-enum Stream {
-    Tcp(tokio::net::TcpStream, String),
-    Unix(tokio::net::UnixStream),
-}
-
-async fn accept(listener: &SocketmapListener) -> io::Result<Stream> {
-    Ok(match listener {
-        SocketmapListener::Tcp(l) => {
-            let (s, peer) = l.accept().await?;
-            // One small reply per request: do not wait for ACKs.
-            let _ = s.set_nodelay(true);
-            Stream::Tcp(s, peer.to_string())
-        }
-        SocketmapListener::Unix(l) => Stream::Unix(l.accept().await?.0),
-    })
+    nobounce_listen::serve(
+        listener,
+        options.max_connections,
+        "socketmap",
+        shutdown,
+        move |stream, peer, stopped| {
+            let conn = Conn {
+                store: Arc::clone(&store),
+                options: Arc::clone(&options),
+                health: Arc::clone(&health),
+                stopped,
+            };
+            conn.run(stream, peer)
+        },
+    )
+    .await
 }
 
 /// One connection.

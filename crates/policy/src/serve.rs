@@ -8,9 +8,7 @@ use nobounce_core::EngineSource;
 use std::{future::Future, io, sync::Arc, time::Duration};
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader},
-    net::{TcpListener, UnixListener},
-    sync::{watch, Semaphore},
-    task::JoinSet,
+    sync::watch,
 };
 use tracing::{debug, warn};
 
@@ -35,14 +33,9 @@ impl Default for PolicyOptions {
     }
 }
 
-/// Where the policy service listens, bound.
-#[derive(Debug)]
-pub enum PolicyListener {
-    /// A TCP socket (Postfix `inet:`, Exim `${readsocket{inet:...}}`).
-    Tcp(TcpListener),
-    /// A unix socket.
-    Unix(UnixListener),
-}
+/// Where the policy service listens, bound: TCP (Postfix `inet:`, Exim
+/// `${readsocket{inet:...}}`) or a unix socket.
+pub type PolicyListener = nobounce_listen::Listener;
 
 /// Serves policy connections from `listener` until `shutdown` completes.
 /// Then idle connections are closed, and requests being answered finish.
@@ -52,66 +45,17 @@ pub async fn serve(
     options: PolicyOptions,
     shutdown: impl Future,
 ) -> io::Result<()> {
-    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
-    let (stop, stopped) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        while tasks.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            permit = Arc::clone(&slots).acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
-        let accepted = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = accept(&listener) => accepted,
-        };
-        let stream = match accepted {
-            Ok(stream) => stream,
-            Err(e) => {
-                // Out of file descriptors and the like: wait a little
-                // rather than spin.
-                warn!(
-                    event = "policy_accept_failed",
-                    "policy service: cannot accept: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let conn = PolicyConn::new(Arc::clone(&engines));
-        let stopped = stopped.clone();
-        match stream {
-            Stream::Tcp(s, peer) => tasks.spawn(async move {
-                connection(s, peer, conn, options, stopped).await;
-                drop(permit);
-            }),
-            Stream::Unix(s) => tasks.spawn(async move {
-                connection(s, "unix".into(), conn, options, stopped).await;
-                drop(permit);
-            }),
-        };
-    }
-    let _ = stop.send(true);
-    while tasks.join_next().await.is_some() {}
-    Ok(())
-}
-
-enum Stream {
-    Tcp(tokio::net::TcpStream, String),
-    Unix(tokio::net::UnixStream),
-}
-
-async fn accept(listener: &PolicyListener) -> io::Result<Stream> {
-    Ok(match listener {
-        PolicyListener::Tcp(l) => {
-            let (s, peer) = l.accept().await?;
-            // Replies are one small write each; do not wait for ACKs.
-            let _ = s.set_nodelay(true);
-            Stream::Tcp(s, peer.to_string())
-        }
-        PolicyListener::Unix(l) => Stream::Unix(l.accept().await?.0),
-    })
+    nobounce_listen::serve(
+        listener,
+        options.max_connections,
+        "policy service",
+        shutdown,
+        move |stream, peer, stopped| {
+            let conn = PolicyConn::new(Arc::clone(&engines));
+            connection(stream, peer, conn, options, stopped)
+        },
+    )
+    .await
 }
 
 /// Answers requests on one connection until the peer closes it, it idles
