@@ -493,11 +493,13 @@ impl Session {
         if let Some(refused) = self.check_batv(&mut address) {
             return self.finish(Stage::RcptTo, refused);
         }
+        // One deadline for the whole command: alias, lists, directory and
+        // the ban bookkeeping together.
         let deadline = tokio::time::Instant::now() + self.command_timeout();
         if let Some(refused) = self.check_alias(&mut address, deadline).await {
             return self.finish(Stage::RcptTo, refused);
         }
-        if let Some(listed) = self.check_dnsbl(&address).await {
+        if let Some(listed) = self.check_dnsbl(&address, deadline).await {
             return self.finish(Stage::RcptTo, listed);
         }
         let Some(directory) = self.engine.inner.directory.clone() else {
@@ -507,20 +509,9 @@ impl Session {
         if text.is_empty() {
             return self.finish(Stage::RcptTo, Verdict::Continue);
         }
-        let query = RecipientQuery {
-            address: &text,
-            declared_size: self.msg.declared_size,
-            null_sender: self
-                .msg
-                .sender
-                .as_ref()
-                .is_some_and(EnvelopeAddress::is_null),
-        };
-        // One deadline for the lookup and the ban bookkeeping together.
-        let deadline = tokio::time::Instant::now() + self.command_timeout();
-        let answer = self.ask_directory(&*directory, &query, deadline).await;
-        let (verdict, finding) =
-            recipient::decide(&self.engine.inner.config.recipients, &text, answer);
+        let (verdict, finding) = self
+            .ask_directory(&*directory, &text, self.msg.declared_size, deadline)
+            .await;
         if finding == RecipientFinding::Unknown
             && tokio::time::timeout_at(deadline, self.record_unknown(&text))
                 .await
@@ -535,22 +526,33 @@ impl Session {
         verdict
     }
 
-    /// Asks `directory` about `query`, an error when no answer came by
-    /// `deadline`.
+    /// Asks `directory` about `address` for a message of `size` bytes (if
+    /// known), and decides: no answer by `deadline` is a backend error.
     async fn ask_directory(
         &self,
         directory: &dyn crate::directory::RecipientDirectory,
-        query: &RecipientQuery<'_>,
+        address: &str,
+        size: Option<u64>,
         deadline: tokio::time::Instant,
-    ) -> Result<crate::directory::RecipientStatus, DirectoryError> {
-        tokio::time::timeout_at(deadline, directory.lookup(query))
+    ) -> (Verdict, RecipientFinding) {
+        let query = RecipientQuery {
+            address,
+            declared_size: size,
+            null_sender: self
+                .msg
+                .sender
+                .as_ref()
+                .is_some_and(EnvelopeAddress::is_null),
+        };
+        let answer = tokio::time::timeout_at(deadline, directory.lookup(&query))
             .await
             .unwrap_or_else(|_| {
                 Err(DirectoryError::new(format!(
                     "no answer within the command deadline ({})",
                     humantime::format_duration(self.command_timeout())
                 )))
-            })
+            });
+        recipient::decide(&self.engine.inner.config.recipients, address, answer)
     }
 
     /// End of data, with the message's real `size` in bytes (the MAIL SIZE
@@ -568,19 +570,10 @@ impl Session {
             return Verdict::Continue;
         };
         let recipient = recipient.clone();
-        let query = RecipientQuery {
-            address: &recipient,
-            declared_size: Some(size),
-            null_sender: self
-                .msg
-                .sender
-                .as_ref()
-                .is_some_and(EnvelopeAddress::is_null),
-        };
         let deadline = tokio::time::Instant::now() + self.command_timeout();
-        let answer = self.ask_directory(&*directory, &query, deadline).await;
-        let (verdict, _) =
-            recipient::decide(&self.engine.inner.config.recipients, &recipient, answer);
+        let (verdict, _) = self
+            .ask_directory(&*directory, &recipient, Some(size), deadline)
+            .await;
         self.finish(Stage::EndOfMessage, verdict)
     }
 
@@ -777,7 +770,11 @@ impl Session {
     /// sender; never for exempt recipients (`postmaster@`, `abuse@`),
     /// trusted networks, the allow-list or authenticated sessions. Asked
     /// once per message, every list at once, within the command deadline.
-    async fn check_dnsbl(&mut self, recipient: &EnvelopeAddress) -> Option<Verdict> {
+    async fn check_dnsbl(
+        &mut self,
+        recipient: &EnvelopeAddress,
+        deadline: tokio::time::Instant,
+    ) -> Option<Verdict> {
         let engine = self.engine.clone();
         let inner = &engine.inner;
         let config = &inner.config.dnsbl;
@@ -815,7 +812,7 @@ impl Session {
         let asked = futures_util::future::join_all(
             zones.iter().map(|z| dnsbl::ask(dns.as_ref(), ip, &z.zone)),
         );
-        let answers = match tokio::time::timeout(self.command_timeout(), asked).await {
+        let answers = match tokio::time::timeout_at(deadline, asked).await {
             Ok(answers) => answers,
             Err(_) => {
                 vec![dnsbl::ZoneAnswer::Failed("command deadline passed".into()); zones.len()]

@@ -465,3 +465,63 @@ async fn issue13_one_command_never_outlasts_its_deadline() {
     assert!(took <= Duration::from_secs(25), "RCPT took {took:?}");
     assert!(code(&v).starts_with("451 4.4.3 "), "{}", code(&v));
 }
+
+/// A `TtlLookup` that never answers in time.
+#[derive(Debug)]
+struct SilentDns;
+
+#[async_trait]
+impl nobounce_core::dns::TtlLookup for SilentDns {
+    async fn lookup_a(&self, _: &Name) -> nobounce_core::dns::TtlResult<Ipv4Addr> {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        Err(nobounce_core::dns::TtlLookupError::NoRecords { ttl: None })
+    }
+    async fn lookup_aaaa(&self, _: &Name) -> nobounce_core::dns::TtlResult<Ipv6Addr> {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        Err(nobounce_core::dns::TtlLookupError::NoRecords { ttl: None })
+    }
+    async fn lookup_mx(&self, _: &Name) -> nobounce_core::dns::TtlResult<Name> {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        Err(nobounce_core::dns::TtlLookupError::NoRecords { ttl: None })
+    }
+    async fn lookup_txt(&self, _: &Name) -> nobounce_core::dns::TtlResult<String> {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        Err(nobounce_core::dns::TtlLookupError::NoRecords { ttl: None })
+    }
+    async fn lookup_ptr(&self, _: IpAddr) -> nobounce_core::dns::TtlResult<Name> {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        Err(nobounce_core::dns::TtlLookupError::NoRecords { ttl: None })
+    }
+}
+
+/// The one deadline of issue 13 also covers the checks added later: a
+/// block list that does not answer and a directory that does not either
+/// gave one RCPT two command timeouts in a row (the DNSBL had its own,
+/// the directory a fresh one).
+#[tokio::test(start_paused = true)]
+async fn one_rcpt_never_outlasts_its_deadline_with_a_silent_block_list() {
+    let mut config = EngineConfig::default();
+    config.spf.verify_helo = false;
+    config.dnsbl.zones = vec![nobounce_core::dnsbl::DnsblZone {
+        zone: "list.test".into(),
+        mode: nobounce_core::dnsbl::DnsblMode::All,
+        reply: None,
+    }];
+    let timeout = config.command_timeout;
+    let e = Engine::builder(config)
+        .spf_verifier(Arc::new(SlowSpf))
+        .dns(Arc::new(SilentDns))
+        .directory(Arc::new(SlowDirectory))
+        .build();
+    let mut s = greeted(&e, "192.0.2.1").await;
+    let v = s.mail_from("<joe@slow.test>", &[], None).await;
+    assert_eq!(code(&v), "continue");
+    let start = tokio::time::Instant::now();
+    let v = s.rcpt_to("<alice@local.test>").await;
+    let took = start.elapsed();
+    assert!(
+        took <= timeout + Duration::from_secs(1),
+        "RCPT took {took:?}, the deadline is {timeout:?}"
+    );
+    assert!(code(&v).starts_with("451 4.4.3 "), "{}", code(&v));
+}
