@@ -44,30 +44,7 @@ pub struct AliasArgs {
 pub enum AliasCommand {
     /// Make a new, unguessable alias for CORRESPONDENT, leading to a
     /// mailbox; print it (the last line of the output).
-    New {
-        /// Whom the alias is for: a shop's domain (shop.example), an
-        /// address, or a name. A domain or an address also gives the
-        /// correspondent's domain for leak detection.
-        correspondent: String,
-        /// The mailbox mail to the alias goes to (default: [aliases]
-        /// default_mailbox).
-        #[arg(long, value_name = "ADDR")]
-        mailbox: Option<String>,
-        /// The alias domain (one of [aliases] domains; default: the first).
-        #[arg(long, value_name = "DOMAIN")]
-        domain: Option<String>,
-        /// A note for yourself.
-        #[arg(long, value_name = "TEXT", default_value = "")]
-        note: String,
-        /// The domains the correspondent sends from (repeat for several);
-        /// default: the domain of CORRESPONDENT when it is one.
-        #[arg(long = "correspondent-domain", value_name = "DOMAIN")]
-        correspondent_domains: Vec<String>,
-        /// Refuse mail to the alias from other sender domains (550 5.7.1)
-        /// instead of only marking it.
-        #[arg(long)]
-        reject_foreign: bool,
-    },
+    New(NewAlias),
     /// List the aliases in use (with --retired: the retired ones).
     List {
         /// List the retired aliases instead.
@@ -204,7 +181,7 @@ pub async fn run(args: AliasArgs, out: &mut dyn Write) -> Result<(), CliError> {
         Some(path) => Config::from_file(path).map_err(CliError::Config)?,
         None => Config::default(),
     };
-    let creates = matches!(args.command, AliasCommand::New { .. });
+    let creates = matches!(args.command, AliasCommand::New(_));
     if creates && !config.aliases.is_enabled() {
         return Err(usage(
             "no alias domains: set [aliases] domains in the configuration file (--config FILE)",
@@ -224,22 +201,7 @@ pub async fn run(args: AliasArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let store = open_store(&config).await.map_err(in_store)?;
     let store = store.as_ref();
     match args.command {
-        AliasCommand::New {
-            correspondent,
-            mailbox,
-            domain,
-            note,
-            correspondent_domains,
-            reject_foreign,
-        } => {
-            let request = NewAlias {
-                correspondent,
-                mailbox,
-                domain,
-                note,
-                correspondent_domains,
-                reject_foreign,
-            };
+        AliasCommand::New(request) => {
             let alias = create(store, &config, request, SystemTime::now(), |b| {
                 getrandom::fill(b).map_err(|e| usage(format!("no random numbers: {e}")))
             })
@@ -342,20 +304,30 @@ fn unknown(alias: &str) -> CliError {
     usage(format!("no alias {}", address_key(alias)))
 }
 
-/// What `alias new` was asked for.
-#[derive(Clone, Debug, Default, Eq, PartialEq)]
+/// What `alias new` was asked for (its arguments).
+#[derive(Clone, Debug, Default, Eq, PartialEq, clap::Args)]
 pub struct NewAlias {
-    /// Whom it is for.
+    /// Whom the alias is for: a shop's domain (shop.example), an
+    /// address, or a name. A domain or an address also gives the
+    /// correspondent's domain for leak detection.
     pub correspondent: String,
-    /// `--mailbox`.
+    /// The mailbox mail to the alias goes to (default: [aliases]
+    /// default_mailbox).
+    #[arg(long, value_name = "ADDR")]
     pub mailbox: Option<String>,
-    /// `--domain`.
+    /// The alias domain (one of [aliases] domains; default: the first).
+    #[arg(long, value_name = "DOMAIN")]
     pub domain: Option<String>,
-    /// `--note`.
+    /// A note for yourself.
+    #[arg(long, value_name = "TEXT", default_value = "")]
     pub note: String,
-    /// `--correspondent-domain`.
+    /// The domains the correspondent sends from (repeat for several);
+    /// default: the domain of CORRESPONDENT when it is one.
+    #[arg(long = "correspondent-domain", value_name = "DOMAIN")]
     pub correspondent_domains: Vec<String>,
-    /// `--reject-foreign`.
+    /// Refuse mail to the alias from other sender domains (550 5.7.1)
+    /// instead of only marking it.
+    #[arg(long)]
     pub reject_foreign: bool,
 }
 
