@@ -18,7 +18,6 @@ use std::{
 
 struct Inner {
     redis: RedisConnection,
-    prefix: String,
     create: Script,
     update: Script,
 }
@@ -55,11 +54,10 @@ pub struct RedisAliasStore {
 
 impl Debug for RedisAliasStore {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        // The address only: the URL may hold a password.
-        f.debug_struct("RedisAliasStore")
-            .field("redis", &self.inner.redis)
-            .field("prefix", &self.inner.prefix)
-            .finish_non_exhaustive()
+        // The connection only: its URL may hold a password.
+        f.debug_tuple("RedisAliasStore")
+            .field(&self.inner.redis)
+            .finish()
     }
 }
 
@@ -83,12 +81,11 @@ impl RedisAliasStore {
     /// assert!(RedisAliasStore::new(&bad).is_err());
     /// ```
     pub fn new(config: &RedisConfig) -> Result<Self, AliasError> {
-        let redis = RedisConnection::new(&config.url, config.timeout, "alias_store_retry")
+        let redis = RedisConnection::new(config, "alias_store_retry")
             .map_err(|e| AliasError::with_source("invalid redis url", e))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 redis,
-                prefix: config.prefix.clone(),
                 create: Script::new(include_str!("lua/create.lua")),
                 update: Script::new(include_str!("lua/update.lua")),
             }),
@@ -106,11 +103,15 @@ impl RedisAliasStore {
     /// assert_eq!(store.key("Shop.K7Q2M@Alias.Example.org"), "mx:alias:shop.k7q2m@alias.example.org");
     /// ```
     pub fn key(&self, address: &str) -> String {
-        format!("{}alias:{}", self.inner.prefix, address_key(address))
+        format!(
+            "{}alias:{}",
+            self.inner.redis.prefix(),
+            address_key(address)
+        )
     }
 
     fn index_key(&self) -> String {
-        format!("{}aliases", self.inner.prefix)
+        format!("{}aliases", self.inner.redis.prefix())
     }
 
     /// Runs `op` within the timeout, once more after a dropped connection
@@ -245,7 +246,7 @@ impl AliasStore for RedisAliasStore {
     /// atomically, the list as a whole is not a snapshot.
     async fn list(&self, filter: ListFilter) -> Result<Vec<Alias>, AliasError> {
         let index = &self.index_key();
-        let prefix = &self.inner.prefix;
+        let prefix = self.inner.redis.prefix();
         let entries: Vec<(String, HashMap<String, String>)> = self
             .run("list", |mut conn| async move {
                 let mut addresses: Vec<String> = redis::cmd("SMEMBERS")

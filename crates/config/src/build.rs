@@ -282,22 +282,10 @@ impl<'a> Builder<'a> {
     }
 
     fn policy(&mut self, raw: RawPolicy) -> PolicyConfig {
-        let socket = match raw.socket.filter(|s| !s.trim().is_empty()) {
-            None => None,
-            Some(text) => match text.parse::<Endpoint>() {
-                Ok(e) => match e.listen_addr() {
-                    Ok(_) => Some(e),
-                    Err(why) => {
-                        self.err("policy.socket", why);
-                        None
-                    }
-                },
-                Err(why) => {
-                    self.err("policy.socket", why);
-                    None
-                }
-            },
-        };
+        let socket = raw
+            .socket
+            .filter(|s| !s.trim().is_empty())
+            .and_then(|text| self.listen_endpoint("policy.socket", &text));
         PolicyConfig {
             socket,
             max_connections: self.number(
@@ -323,17 +311,20 @@ impl<'a> Builder<'a> {
     fn socket(&mut self, raw: Option<String>) -> Endpoint {
         let default = Endpoint::tcp(SocketAddr::from(([127, 0, 0, 1], 8894)));
         let Some(text) = raw else { return default };
-        match text.parse::<Endpoint>() {
-            Ok(e) => match e.listen_addr() {
-                Ok(_) => e,
-                Err(why) => {
-                    self.err("socket", why);
-                    default
-                }
-            },
+        self.listen_endpoint("socket", &text).unwrap_or(default)
+    }
+
+    /// `text` at `key` as an endpoint to listen on; `None` after an error
+    /// there when it does not parse or names a host rather than an address.
+    fn listen_endpoint(&mut self, key: &str, text: &str) -> Option<Endpoint> {
+        match text
+            .parse::<Endpoint>()
+            .and_then(|e| e.listen_addr().map(|_| e))
+        {
+            Ok(e) => Some(e),
             Err(why) => {
-                self.err("socket", why);
-                default
+                self.err(key, why);
+                None
             }
         }
     }
@@ -1300,35 +1291,26 @@ impl<'a> Builder<'a> {
                 }
             },
         };
-        let socketmap = match raw.socketmap.filter(|s| !s.trim().is_empty()) {
-            None => None,
-            Some(text) => match text.parse::<Endpoint>() {
-                Ok(e) => match e.listen_addr() {
-                    Ok(_) if &e == socket || policy.socket.as_ref() == Some(&e) => {
-                        self.err(
-                            "aliases.socketmap",
-                            format!("{e} is taken by the milter or the policy service: give the socketmap service its own"),
-                        );
-                        None
-                    }
-                    Ok(_) if domains.is_empty() => {
-                        self.err(
-                            "aliases.socketmap",
-                            "the socketmap service needs aliases.domains, the domains it answers for",
-                        );
-                        None
-                    }
-                    Ok(_) => Some(e),
-                    Err(why) => {
-                        self.err("aliases.socketmap", why);
-                        None
-                    }
-                },
-                Err(why) => {
-                    self.err("aliases.socketmap", why);
-                    None
-                }
-            },
+        let socketmap = match raw
+            .socketmap
+            .filter(|s| !s.trim().is_empty())
+            .and_then(|text| self.listen_endpoint("aliases.socketmap", &text))
+        {
+            Some(e) if &e == socket || policy.socket.as_ref() == Some(&e) => {
+                self.err(
+                    "aliases.socketmap",
+                    format!("{e} is taken by the milter or the policy service: give the socketmap service its own"),
+                );
+                None
+            }
+            Some(_) if domains.is_empty() => {
+                self.err(
+                    "aliases.socketmap",
+                    "the socketmap service needs aliases.domains, the domains it answers for",
+                );
+                None
+            }
+            e => e,
         };
         crate::AliasesConfig {
             domains,

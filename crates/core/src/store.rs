@@ -227,6 +227,12 @@ pub fn duration_millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Bans sorted by key, as [`StateStore::list`] returns them.
+pub fn sorted_by_key(mut bans: Vec<Ban>) -> Vec<Ban> {
+    bans.sort_by(|a, b| a.key.cmp(&b.key));
+    bans
+}
+
 /// What [`MemoryStore`] keeps for one key. Times in ms since the epoch.
 #[derive(Debug, Default)]
 struct Entry {
@@ -549,12 +555,11 @@ impl StateStore for MemoryStore {
     async fn list(&self, now: SystemTime) -> Result<Vec<Ban>, StoreError> {
         let now = to_millis(now);
         let map = self.lock();
-        let mut bans: Vec<Ban> = map
+        let bans: Vec<Ban> = map
             .iter()
             .filter_map(|(key, e)| e.active_ban(key, now))
             .collect();
-        bans.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(bans)
+        Ok(sorted_by_key(bans))
     }
 
     async fn put_record(
@@ -650,8 +655,7 @@ impl StateStore for DryRunStore {
                 bans.push(ban);
             }
         }
-        bans.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(bans)
+        Ok(sorted_by_key(bans))
     }
 
     async fn put_record(

@@ -177,6 +177,14 @@ impl Collector for SampledCollector {
     }
 }
 
+/// Registers each metric as `registry.register(name, help, metric.clone())`,
+/// one line a metric.
+macro_rules! register {
+    ($registry:ident: $($name:literal, $help:literal, $metric:expr;)*) => {
+        $($registry.register($name, $help, $metric.clone());)*
+    };
+}
+
 /// The observer: every counter and histogram of nobounce.
 #[derive(Debug)]
 pub struct Metrics {
@@ -209,56 +217,19 @@ impl Metrics {
             command_seconds: Family::new_with_constructor(latency_histogram),
             sampled: Arc::default(),
         };
-        registry.register(
-            "nobounce_decisions",
-            "Decisions, by SMTP stage, policy (none for an accept) and action.",
-            m.decisions.clone(),
-        );
-        registry.register(
-            "nobounce_spf_results",
-            "SPF results of the MAIL FROM identity.",
-            m.spf_results.clone(),
-        );
-        registry.register(
-            "nobounce_directory_lookups",
-            "Recipient backend answers, by configured backend and outcome.",
-            m.backend_lookups.clone(),
-        );
-        registry.register(
-            "nobounce_directory_lookup_seconds",
-            "Time a recipient backend took to answer.",
-            m.backend_seconds.clone(),
-        );
-        registry.register(
-            "nobounce_bans_added",
-            "Clients banned for dictionary attacks (new bans).",
-            m.bans_added.clone(),
-        );
-        registry.register(
-            "nobounce_dnsbl_answers",
-            "DNS block list answers, by zone and outcome.",
-            m.dnsbl_answers.clone(),
-        );
-        registry.register(
-            "nobounce_bounce_guard",
-            "Bounces judged by the bounce guard: sent or held.",
-            m.bounce_guard.clone(),
-        );
-        registry.register(
-            "nobounce_alias_lookups",
-            "Alias lookups at RCPT, by outcome.",
-            m.aliases.clone(),
-        );
-        registry.register(
-            "nobounce_connections",
-            "Open front end connections (milter, policy).",
-            m.connections.clone(),
-        );
-        registry.register(
-            "nobounce_command_seconds",
-            "Time nobounce took to answer one command, by protocol and stage.",
-            m.command_seconds.clone(),
-        );
+        // One line a metric: name, help, the metric.
+        register! { registry:
+            "nobounce_decisions", "Decisions, by SMTP stage, policy (none for an accept) and action.", m.decisions;
+            "nobounce_spf_results", "SPF results of the MAIL FROM identity.", m.spf_results;
+            "nobounce_directory_lookups", "Recipient backend answers, by configured backend and outcome.", m.backend_lookups;
+            "nobounce_directory_lookup_seconds", "Time a recipient backend took to answer.", m.backend_seconds;
+            "nobounce_bans_added", "Clients banned for dictionary attacks (new bans).", m.bans_added;
+            "nobounce_dnsbl_answers", "DNS block list answers, by zone and outcome.", m.dnsbl_answers;
+            "nobounce_bounce_guard", "Bounces judged by the bounce guard: sent or held.", m.bounce_guard;
+            "nobounce_alias_lookups", "Alias lookups at RCPT, by outcome.", m.aliases;
+            "nobounce_connections", "Open front end connections (milter, policy).", m.connections;
+            "nobounce_command_seconds", "Time nobounce took to answer one command, by protocol and stage.", m.command_seconds;
+        }
         registry.register_collector(Box::new(SampledCollector(Arc::clone(&m.sampled))));
         Arc::new(m)
     }

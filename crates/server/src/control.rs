@@ -29,7 +29,7 @@
 use nobounce_config::{effective_uid, parse_duration};
 use nobounce_core::{
     dictionary::{client_key, MAX_BAN},
-    store::{from_millis, to_millis, Ban, StateStore, StoreError},
+    store::{from_millis, sorted_by_key, to_millis, Ban, StateStore, StoreError},
 };
 use std::{
     io,
@@ -72,9 +72,8 @@ pub fn key_for(ip: IpAddr, ipv6_prefix: u8) -> String {
 
 /// Active bans.
 pub async fn list(store: &dyn StateStore, now: SystemTime) -> Result<Vec<Ban>, StoreError> {
-    let mut bans = store.list(now).await?;
-    bans.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(bans)
+    // Sorted again: a store outside this workspace may not keep the contract.
+    Ok(sorted_by_key(store.list(now).await?))
 }
 
 /// Lifts the ban (and forgets strikes and counters) of `key`.

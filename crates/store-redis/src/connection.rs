@@ -1,6 +1,7 @@
 //! [`RedisConnection`]: one Redis connection as nobounce's stores use it,
 //! shared by the state store and the alias store (`nobounce-aliases`).
 
+use crate::RedisConfig;
 use redis::{aio::ConnectionManager, Client, RedisError, RedisResult};
 use std::{
     fmt::{self, Debug, Formatter},
@@ -14,6 +15,8 @@ use tokio::sync::OnceCell;
 /// with one timeout per operation, connecting included.
 pub struct RedisConnection {
     client: Client,
+    /// Put before every key (`[store.redis] prefix`).
+    prefix: String,
     conn: OnceCell<ConnectionManager>,
     timeout: Duration,
     /// The `event` of the debug line logged when an operation is retried.
@@ -34,21 +37,29 @@ impl Debug for RedisConnection {
         // The address only: the URL may hold a password.
         f.debug_struct("RedisConnection")
             .field("addr", &self.client.get_connection_info().addr)
+            .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisConnection {
-    /// A connection to `url`, not yet made; fails only on a malformed URL.
+    /// A connection to the Redis of `config` (its URL, key prefix and
+    /// timeout), not yet made; fails only on a malformed URL.
     /// `retry_event` names the debug line of a retried operation.
-    pub fn new(url: &str, timeout: Duration, retry_event: &'static str) -> RedisResult<Self> {
+    pub fn new(config: &RedisConfig, retry_event: &'static str) -> RedisResult<Self> {
         Ok(Self {
-            client: Client::open(url)?,
+            client: Client::open(config.url.as_str())?,
+            prefix: config.prefix.clone(),
             conn: OnceCell::new(),
-            timeout,
+            timeout: config.timeout,
             retry_event,
         })
+    }
+
+    /// The prefix of every key.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The timeout of one operation.

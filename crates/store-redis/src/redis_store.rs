@@ -4,8 +4,8 @@ use crate::connection::{RedisConnection, RunError};
 use async_trait::async_trait;
 use nobounce_core::clock::serialize_duration;
 use nobounce_core::store::{
-    duration_millis, from_millis, to_millis, Ban, BanRule, StateStore, StoreError, Strike,
-    MAX_DISTINCT_MEMBERS,
+    duration_millis, from_millis, sorted_by_key, to_millis, Ban, BanRule, StateStore, StoreError,
+    Strike, MAX_DISTINCT_MEMBERS,
 };
 use redis::{aio::ConnectionManager, Script};
 use serde::Serialize;
@@ -131,7 +131,6 @@ impl Scripts {
 
 struct Inner {
     redis: RedisConnection,
-    prefix: String,
     /// `prefix` with glob characters escaped, for SCAN MATCH.
     prefix_pattern: String,
     scripts: Scripts,
@@ -149,11 +148,10 @@ pub struct RedisStore {
 
 impl Debug for RedisStore {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        // The address only: the URL may hold a password.
-        f.debug_struct("RedisStore")
-            .field("redis", &self.inner.redis)
-            .field("prefix", &self.inner.prefix)
-            .finish_non_exhaustive()
+        // The connection only: its URL may hold a password.
+        f.debug_tuple("RedisStore")
+            .field(&self.inner.redis)
+            .finish()
     }
 }
 
@@ -196,12 +194,11 @@ fn parse_ban(key: &str, value: &str) -> Result<Ban, StoreError> {
 impl RedisStore {
     /// A store for `config`; fails only on a malformed URL (no I/O here).
     pub fn new(config: &RedisConfig) -> Result<Self, StoreError> {
-        let redis = RedisConnection::new(&config.url, config.timeout, "store_retry")
+        let redis = RedisConnection::new(config, "store_retry")
             .map_err(|e| StoreError::with_source("invalid redis url", e))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 redis,
-                prefix: config.prefix.clone(),
                 prefix_pattern: glob_escape(&config.prefix),
                 scripts: Scripts::new(),
             }),
@@ -217,7 +214,7 @@ impl RedisStore {
     }
 
     fn key(&self, kind: &str, key: &str) -> String {
-        format!("{}{kind}:{key}", self.inner.prefix)
+        format!("{}{kind}:{key}", self.inner.redis.prefix())
     }
 
     /// Runs `op` on the connection within the timeout, once more after a
@@ -458,8 +455,7 @@ impl StateStore for RedisStore {
                 bans.push(ban);
             }
         }
-        bans.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(bans)
+        Ok(sorted_by_key(bans))
     }
 }
 
