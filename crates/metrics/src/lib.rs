@@ -110,6 +110,21 @@ pub struct Sampled {
     pub store_fallback: Option<bool>,
 }
 
+/// Encodes each constant metric: `KIND name, help, value;` a line.
+macro_rules! encode {
+    ($encoder:ident: $($kind:ident $name:literal, $help:literal, $value:expr;)*) => {
+        $({
+            let m = $kind::new($value);
+            m.encode($encoder.encode_descriptor($name, $help, None, m.metric_type())?)?;
+        })*
+    };
+}
+
+/// A count as a gauge value.
+fn saturating(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}
+
 /// Encodes [`Sampled`] at each scrape.
 #[derive(Debug, Default)]
 struct SampledCollector(Arc<Mutex<Sampled>>);
@@ -117,61 +132,28 @@ struct SampledCollector(Arc<Mutex<Sampled>>);
 impl Collector for SampledCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut counter = |name: &str, help: &str, v: u64| -> Result<(), std::fmt::Error> {
-            let c = ConstCounter::new(v);
-            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
-        };
+        // One line a value: kind, name, help, value.
         if let Some(c) = &s.spf_cache {
-            counter(
-                "nobounce_spf_cache_hits",
-                "SPF checks answered from the cache.",
-                c.hits,
-            )?;
-            counter(
-                "nobounce_spf_cache_misses",
-                "SPF checks that ran a DNS evaluation.",
-                c.misses,
-            )?;
-            counter(
-                "nobounce_spf_cache_coalesced",
-                "SPF checks that waited for an identical evaluation already running.",
-                c.coalesced,
-            )?;
-            counter(
-                "nobounce_spf_cache_evictions",
-                "SPF cache entries dropped to make room.",
-                c.evictions,
-            )?;
+            encode! { encoder:
+                ConstCounter "nobounce_spf_cache_hits", "SPF checks answered from the cache.", c.hits;
+                ConstCounter "nobounce_spf_cache_misses", "SPF checks that ran a DNS evaluation.", c.misses;
+                ConstCounter "nobounce_spf_cache_coalesced", "SPF checks that waited for an identical evaluation already running.", c.coalesced;
+                ConstCounter "nobounce_spf_cache_evictions", "SPF cache entries dropped to make room.", c.evictions;
+                ConstGauge "nobounce_spf_cache_entries", "SPF answers in the cache.", saturating(c.entries);
+            }
         }
-        counter(
-            "nobounce_bans_expired",
-            "Bans that ran out by themselves.",
-            s.bans_expired,
-        )?;
-        let mut gauge = |name: &str, help: &str, v: i64| -> Result<(), std::fmt::Error> {
-            let g = ConstGauge::new(v);
-            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
-        };
-        if let Some(c) = &s.spf_cache {
-            gauge(
-                "nobounce_spf_cache_entries",
-                "SPF answers in the cache.",
-                i64::try_from(c.entries).unwrap_or(i64::MAX),
-            )?;
+        encode! { encoder:
+            ConstCounter "nobounce_bans_expired", "Bans that ran out by themselves.", s.bans_expired;
         }
         if let Some(n) = s.bans_active {
-            gauge(
-                "nobounce_bans_active",
-                "Bans in force.",
-                i64::try_from(n).unwrap_or(i64::MAX),
-            )?;
+            encode! { encoder:
+                ConstGauge "nobounce_bans_active", "Bans in force.", saturating(n);
+            }
         }
         if let Some(f) = s.store_fallback {
-            gauge(
-                "nobounce_store_fallback",
-                "1 while Redis is away and the local fallback store serves.",
-                i64::from(f),
-            )?;
+            encode! { encoder:
+                ConstGauge "nobounce_store_fallback", "1 while Redis is away and the local fallback store serves.", i64::from(f);
+            }
         }
         Ok(())
     }

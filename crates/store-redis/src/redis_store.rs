@@ -131,8 +131,6 @@ impl Scripts {
 
 struct Inner {
     redis: RedisConnection,
-    /// `prefix` with glob characters escaped, for SCAN MATCH.
-    prefix_pattern: String,
     scripts: Scripts,
 }
 
@@ -196,12 +194,9 @@ impl RedisStore {
     pub fn new(config: &RedisConfig) -> Result<Self, StoreError> {
         let redis = RedisConnection::new(config, "store_retry")
             .map_err(|e| StoreError::with_source("invalid redis url", e))?;
+        let scripts = Scripts::new();
         Ok(Self {
-            inner: Arc::new(Inner {
-                redis,
-                prefix_pattern: glob_escape(&config.prefix),
-                scripts: Scripts::new(),
-            }),
+            inner: Arc::new(Inner { redis, scripts }),
         })
     }
 
@@ -220,6 +215,17 @@ impl RedisStore {
     /// Runs `op` on the connection within the timeout, once more after a
     /// dropped connection. Every operation is safe to repeat: the scripts
     /// are idempotent (a repeated strike finds the ban the first one made).
+    /// `GET redis_key`, as the operation `what`.
+    async fn get(&self, what: &str, redis_key: &str) -> Result<Option<String>, StoreError> {
+        self.run(what, |mut conn| async move {
+            redis::cmd("GET")
+                .arg(redis_key)
+                .query_async(&mut conn)
+                .await
+        })
+        .await
+    }
+
     async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
     where
         F: Fn(ConnectionManager) -> Fut,
@@ -322,13 +328,7 @@ impl StateStore for RedisStore {
     }
 
     async fn ban_status(&self, key: &str, now: SystemTime) -> Result<Option<Ban>, StoreError> {
-        let ban_key = &self.key("ban", key);
-        let value: Option<String> = self
-            .run("ban_status", |mut conn| async move {
-                redis::cmd("GET").arg(ban_key).query_async(&mut conn).await
-            })
-            .await?;
-        match value {
+        match self.get("ban_status", &self.key("ban", key)).await? {
             Some(v) => {
                 let ban = parse_ban(key, &v)?;
                 Ok((ban.until > now).then_some(ban))
@@ -392,13 +392,7 @@ impl StateStore for RedisStore {
     }
 
     async fn get_record(&self, key: &str, now: SystemTime) -> Result<Option<String>, StoreError> {
-        let rkey = &self.key("rec", key);
-        let stored: Option<String> = self
-            .run("get_record", |mut conn| async move {
-                redis::cmd("GET").arg(rkey).query_async(&mut conn).await
-            })
-            .await?;
-        let Some(stored) = stored else {
+        let Some(stored) = self.get("get_record", &self.key("rec", key)).await? else {
             return Ok(None);
         };
         let (until, value) = stored
@@ -413,7 +407,8 @@ impl StateStore for RedisStore {
     /// ended during the scan may or may not be in it).
     async fn list(&self, now: SystemTime) -> Result<Vec<Ban>, StoreError> {
         let ban_prefix = self.key("ban", "");
-        let pattern = &format!("{}ban:*", self.inner.prefix_pattern);
+        // The prefix with its glob characters escaped, for SCAN MATCH.
+        let pattern = &format!("{}ban:*", glob_escape(self.inner.redis.prefix()));
         let entries: Vec<(String, Option<String>)> = self
             .run("list", |mut conn| async move {
                 let mut keys: Vec<String> = Vec::new();
