@@ -6,20 +6,21 @@ use nobounce_core::{
     alias::{address_key, Alias, AliasError, AliasStore, Created, ListFilter, Update},
     store::{from_millis, to_millis},
 };
-use nobounce_store_redis::{RedisConfig, RedisConnection, RunError};
-use redis::{aio::ConnectionManager, Script};
+use nobounce_store_redis::{LuaScript, RedisConfig, RedisConnection, RunError};
+use redis::aio::ConnectionManager;
 use std::{
     collections::HashMap,
-    fmt::{self, Debug, Formatter},
+    fmt,
     future::Future,
     sync::Arc,
     time::SystemTime,
 };
 
+#[derive(Debug)]
 struct Inner {
     redis: RedisConnection,
-    create: Script,
-    update: Script,
+    create: LuaScript,
+    update: LuaScript,
 }
 
 /// The [`AliasStore`] on Redis: every MX host sees the same aliases.
@@ -47,18 +48,10 @@ struct Inner {
 /// let store = RedisAliasStore::new(&RedisConfig::default()).expect("a valid URL");
 /// assert_eq!(store.key("a@b"), "nobounce:alias:a@b");
 /// ```
-#[derive(Clone)]
+/// `Debug` shows the connection without its URL's password.
+#[derive(Clone, Debug)]
 pub struct RedisAliasStore {
     inner: Arc<Inner>,
-}
-
-impl Debug for RedisAliasStore {
-    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        // The connection only: its URL may hold a password.
-        f.debug_tuple("RedisAliasStore")
-            .field(&self.inner.redis)
-            .finish()
-    }
 }
 
 fn redis_error(what: &str, e: redis::RedisError) -> AliasError {
@@ -86,8 +79,8 @@ impl RedisAliasStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 redis,
-                create: Script::new(include_str!("lua/create.lua")),
-                update: Script::new(include_str!("lua/update.lua")),
+                create: LuaScript::new(include_str!("lua/create.lua")),
+                update: LuaScript::new(include_str!("lua/update.lua")),
             }),
         })
     }

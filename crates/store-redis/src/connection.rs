@@ -2,10 +2,11 @@
 //! shared by the state store and the alias store (`nobounce-aliases`).
 
 use crate::RedisConfig;
-use redis::{aio::ConnectionManager, Client, RedisError, RedisResult};
+use redis::{aio::ConnectionManager, Client, RedisError, RedisResult, Script};
 use std::{
     fmt::{self, Debug, Formatter},
     future::Future,
+    ops::Deref,
     time::Duration,
 };
 use tokio::sync::OnceCell;
@@ -107,5 +108,33 @@ impl RedisConnection {
             Ok(result) => result.map_err(RunError::Redis),
             Err(_) => Err(RunError::TimedOut(self.timeout)),
         }
+    }
+}
+
+/// A Lua script of a store, loaded once per process (and again by the
+/// redis crate after a Redis restart flushed its script cache). `Debug`
+/// shows its SHA-1, not its code.
+pub struct LuaScript(Script);
+
+impl LuaScript {
+    /// The script of `code`.
+    pub fn new(code: &str) -> Self {
+        Self(Script::new(code))
+    }
+}
+
+impl Deref for LuaScript {
+    type Target = Script;
+
+    fn deref(&self) -> &Script {
+        &self.0
+    }
+}
+
+impl Debug for LuaScript {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LuaScript")
+            .field(&self.0.get_hash())
+            .finish()
     }
 }

@@ -40,7 +40,7 @@ mod fallback;
 mod redis_store;
 
 pub use crate::{
-    connection::{RedisConnection, RunError},
+    connection::{LuaScript, RedisConnection, RunError},
     fallback::FallbackStore,
     redis_store::{check_url, redact, RedisConfig, RedisStore},
 };

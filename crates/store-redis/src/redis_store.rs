@@ -1,13 +1,13 @@
 //! [`RedisStore`]: the `StateStore` port on Redis.
 
-use crate::connection::{RedisConnection, RunError};
+use crate::connection::{LuaScript, RedisConnection, RunError};
 use async_trait::async_trait;
 use nobounce_core::clock::serialize_duration;
 use nobounce_core::store::{
     duration_millis, from_millis, sorted_by_key, to_millis, Ban, BanRule, StateStore, StoreError,
     Strike, MAX_DISTINCT_MEMBERS,
 };
-use redis::{aio::ConnectionManager, Script};
+use redis::aio::ConnectionManager;
 use serde::Serialize;
 use std::{
     fmt::{self, Debug, Formatter},
@@ -105,23 +105,23 @@ fn serialize_redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S:
     s.serialize_str(&redact(url))
 }
 
-/// The Lua scripts, loaded once per process (and again by the redis crate
-/// after a Redis restart flushed its script cache).
+/// The Lua scripts.
+#[derive(Debug)]
 struct Scripts {
-    add_distinct: Script,
-    strike: Script,
-    ban: Script,
+    add_distinct: LuaScript,
+    strike: LuaScript,
+    ban: LuaScript,
 }
 
 impl Scripts {
     fn new() -> Self {
         Self {
-            add_distinct: Script::new(include_str!("lua/add_distinct.lua")),
-            strike: Script::new(concat!(
+            add_distinct: LuaScript::new(include_str!("lua/add_distinct.lua")),
+            strike: LuaScript::new(concat!(
                 include_str!("lua/strikes.lua"),
                 include_str!("lua/strike.lua")
             )),
-            ban: Script::new(concat!(
+            ban: LuaScript::new(concat!(
                 include_str!("lua/strikes.lua"),
                 include_str!("lua/ban.lua")
             )),
@@ -129,6 +129,7 @@ impl Scripts {
     }
 }
 
+#[derive(Debug)]
 struct Inner {
     redis: RedisConnection,
     scripts: Scripts,
@@ -139,18 +140,10 @@ struct Inner {
 ///
 /// Making a store does no I/O: it connects on first use, and every
 /// operation fails with a [`StoreError`] while Redis is unreachable.
-#[derive(Clone)]
+/// `Debug` shows the connection without its URL's password.
+#[derive(Clone, Debug)]
 pub struct RedisStore {
     inner: Arc<Inner>,
-}
-
-impl Debug for RedisStore {
-    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        // The connection only: its URL may hold a password.
-        f.debug_tuple("RedisStore")
-            .field(&self.inner.redis)
-            .finish()
-    }
 }
 
 /// Escapes the glob characters of Redis' MATCH patterns.
