@@ -8,13 +8,7 @@ use nobounce_core::{
 };
 use nobounce_store_redis::{LuaScript, RedisConfig, RedisConnection, RunError};
 use redis::aio::ConnectionManager;
-use std::{
-    collections::HashMap,
-    fmt,
-    future::Future,
-    sync::Arc,
-    time::SystemTime,
-};
+use std::{collections::HashMap, fmt, future::Future, sync::Arc, time::SystemTime};
 
 #[derive(Debug)]
 struct Inner {

@@ -9,9 +9,9 @@ use crate::{
         RawDuration, RawLog, RawMetrics, RawMilter, RawPolicy, RawRecipients, RawRedis, RawSpf,
         RawStore,
     },
-    BatvSection, Config, ConfigError, ConfigErrors, ControlSocket, DnsConfig, LogConfig, LogFormat,
-    MetricsConfig, MilterConfig, PolicyConfig, RecipientsSection, SourceRef, StoreBackend,
-    StoreConfig,
+    AliasBackend, BatvSection, Config, ConfigError, ConfigErrors, ControlSocket, DnsConfig,
+    LogConfig, LogFormat, MetricsConfig, MilterConfig, PolicyConfig, RecipientsSection, SourceRef,
+    StoreBackend, StoreConfig,
 };
 use ipnet::IpNet;
 use nobounce_core::{
@@ -38,6 +38,35 @@ use std::{
     sync::Arc,
     time::Duration,
 };
+
+/// A setting whose value is one word of a fixed list.
+trait Choice: Copy + 'static {
+    /// The words, and what each means.
+    const WORDS: &'static [(&'static str, Self)];
+}
+
+/// `Type: "word" => Variant, ...;` a line: the words of each setting.
+macro_rules! choices {
+    ($($ty:ident: $($word:literal => $variant:ident),+;)*) => {
+        $(impl Choice for $ty {
+            const WORDS: &'static [(&'static str, Self)] = &[$(($word, $ty::$variant)),+];
+        })*
+    };
+}
+
+choices! {
+    LogFormat: "text" => Text, "json" => Json;
+    SpfAction: "accept" => Accept, "reject" => Reject, "tempfail" => Tempfail;
+    QuotaReply: "452" => Temporary, "552" => Permanent;
+    ProbeProtocol: "lmtp" => Lmtp, "smtp" => Smtp;
+    MissingMaildir: "not_handled" => NotHandled, "unknown" => Unknown;
+    GuardAction: "quarantine" => Quarantine, "discard" => Discard;
+    Unsigned: "accept" => Accept, "reject" => Reject;
+    DnsblMode: "safe" => Safe, "all" => All;
+    DnsblOnError: "accept" => Accept, "tempfail" => Tempfail;
+    AliasBackend: "sqlite" => Sqlite, "redis" => Redis;
+    StoreBackend: "memory" => Memory, "redis" => Redis;
+}
 
 const SECOND: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -177,18 +206,12 @@ impl<'a> Builder<'a> {
     }
 
     /// A key with a few allowed words.
-    fn choice<T: Copy>(
-        &mut self,
-        key: &str,
-        value: Option<String>,
-        options: &[(&str, T)],
-        default: T,
-    ) -> T {
+    fn choice<T: Choice>(&mut self, key: &str, value: Option<String>, default: T) -> T {
         let Some(word) = value else { return default };
-        match options.iter().find(|(w, _)| *w == word) {
+        match T::WORDS.iter().find(|(w, _)| *w == word) {
             Some((_, v)) => *v,
             None => {
-                let allowed: Vec<String> = options.iter().map(|(w, _)| format!("{w:?}")).collect();
+                let allowed: Vec<String> = T::WORDS.iter().map(|(w, _)| format!("{w:?}")).collect();
                 self.err(
                     key,
                     format!("{word:?} is not one of {}", allowed.join(", ")),
@@ -334,12 +357,7 @@ impl<'a> Builder<'a> {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
             self.err("log.level", format!("invalid log filter {level:?}: {e}"));
         }
-        let format = self.choice(
-            "log.format",
-            raw.format,
-            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
-            LogFormat::Text,
-        );
+        let format = self.choice("log.format", raw.format, LogFormat::Text);
         LogConfig { level, format }
     }
 
@@ -435,17 +453,7 @@ impl<'a> Builder<'a> {
 
     fn spf(&mut self, raw: RawSpf, command_timeout: Duration) -> SpfConfig {
         let d = SpfConfig::default();
-        let actions: &[(&str, SpfAction)] = &[
-            ("accept", SpfAction::Accept),
-            ("reject", SpfAction::Reject),
-            ("tempfail", SpfAction::Tempfail),
-        ];
-        let on_temperror = self.choice(
-            "spf.on_temperror",
-            raw.on_temperror,
-            actions,
-            d.on_temperror,
-        );
+        let on_temperror = self.choice("spf.on_temperror", raw.on_temperror, d.on_temperror);
         if on_temperror == SpfAction::Reject {
             self.err(
                 "spf.on_temperror",
@@ -513,16 +521,11 @@ impl<'a> Builder<'a> {
             ),
             skip_authenticated: raw.skip_authenticated.unwrap_or(d.skip_authenticated),
             skip_senders,
-            on_fail: self.choice("spf.on_fail", raw.on_fail, actions, d.on_fail),
-            on_softfail: self.choice("spf.on_softfail", raw.on_softfail, actions, d.on_softfail),
-            on_neutral: self.choice("spf.on_neutral", raw.on_neutral, actions, d.on_neutral),
-            on_none: self.choice("spf.on_none", raw.on_none, actions, d.on_none),
-            on_permerror: self.choice(
-                "spf.on_permerror",
-                raw.on_permerror,
-                actions,
-                d.on_permerror,
-            ),
+            on_fail: self.choice("spf.on_fail", raw.on_fail, d.on_fail),
+            on_softfail: self.choice("spf.on_softfail", raw.on_softfail, d.on_softfail),
+            on_neutral: self.choice("spf.on_neutral", raw.on_neutral, d.on_neutral),
+            on_none: self.choice("spf.on_none", raw.on_none, d.on_none),
+            on_permerror: self.choice("spf.on_permerror", raw.on_permerror, d.on_permerror),
             on_temperror,
             headers,
             authserv_id,
@@ -559,15 +562,7 @@ impl<'a> Builder<'a> {
     fn recipients(&mut self, raw: RawRecipients, command_timeout: Duration) -> RecipientsSection {
         let d = RecipientPolicy::default();
         let policy = RecipientPolicy {
-            over_quota: self.choice(
-                "recipients.over_quota",
-                raw.over_quota,
-                &[
-                    ("452", QuotaReply::Temporary),
-                    ("552", QuotaReply::Permanent),
-                ],
-                d.over_quota,
-            ),
+            over_quota: self.choice("recipients.over_quota", raw.over_quota, d.over_quota),
             unknown_text: self.text("recipients.unknown_text", raw.unknown_text, d.unknown_text),
             over_quota_text: self.text(
                 "recipients.over_quota_text",
@@ -620,27 +615,8 @@ impl<'a> Builder<'a> {
 
     /// Refuses the keys of `backend` that its type does not have.
     fn only_keys(&mut self, table: &str, kind: &str, backend: &RawBackend, allowed: &[&str]) {
-        let set: [(&str, bool); 14] = [
-            ("path", backend.path.is_some()),
-            ("watch_interval", backend.watch_interval.is_some()),
-            (
-                "case_sensitive_local_part",
-                backend.case_sensitive_local_part.is_some(),
-            ),
-            ("recipient_delimiter", backend.recipient_delimiter.is_some()),
-            ("address", backend.address.is_some()),
-            ("protocol", backend.protocol.is_some()),
-            ("helo_name", backend.helo_name.is_some()),
-            ("timeout", backend.timeout.is_some()),
-            ("max_connections", backend.max_connections.is_some()),
-            ("max_idle", backend.max_idle.is_some()),
-            ("idle_timeout", backend.idle_timeout.is_some()),
-            ("cache", backend.cache.is_some()),
-            ("path_template", backend.path_template.is_some()),
-            ("missing", backend.missing.is_some()),
-        ];
-        for (key, present) in set {
-            if present && !allowed.contains(&key) {
+        for key in backend.keys_set() {
+            if key != "type" && !allowed.contains(&key) {
                 self.err(
                     &format!("{table}.{key}"),
                     format!(
@@ -714,7 +690,6 @@ impl<'a> Builder<'a> {
                 let protocol = self.choice(
                     &format!("{table}.protocol"),
                     raw.protocol.clone(),
-                    &[("lmtp", ProbeProtocol::Lmtp), ("smtp", ProbeProtocol::Smtp)],
                     ProbeProtocol::Lmtp,
                 );
                 let helo_name = raw.helo_name.clone().filter(|h| {
@@ -776,15 +751,7 @@ impl<'a> Builder<'a> {
                     }
                 };
                 let mut c = MaildirConfig::new(template);
-                c.missing = self.choice(
-                    &format!("{table}.missing"),
-                    raw.missing,
-                    &[
-                        ("not_handled", MissingMaildir::NotHandled),
-                        ("unknown", MissingMaildir::Unknown),
-                    ],
-                    c.missing,
-                );
+                c.missing = self.choice(&format!("{table}.missing"), raw.missing, c.missing);
                 c.case_sensitive_local_part = raw.case_sensitive_local_part.unwrap_or(false);
                 c.recipient_delimiter = self.delimiter(table, raw.recipient_delimiter);
                 c.timeout = self.backend_timeout(table, raw.timeout, c.timeout, command_timeout);
@@ -1034,15 +1001,7 @@ impl<'a> Builder<'a> {
         }
         BounceGuardConfig {
             enabled: raw.enabled.unwrap_or(d.enabled),
-            action: self.choice(
-                "bounce_guard.action",
-                raw.action,
-                &[
-                    ("quarantine", GuardAction::Quarantine),
-                    ("discard", GuardAction::Discard),
-                ],
-                d.action,
-            ),
+            action: self.choice("bounce_guard.action", raw.action, d.action),
             domains,
             record_lifetime: self.duration(
                 "bounce_guard",
@@ -1116,12 +1075,7 @@ impl<'a> Builder<'a> {
                 domains,
                 lifetime_days: u16::try_from(lifetime.as_secs() / 86_400)
                     .unwrap_or(d.lifetime_days),
-                unsigned: self.choice(
-                    "batv.unsigned",
-                    raw.unsigned,
-                    &[("accept", Unsigned::Accept), ("reject", Unsigned::Reject)],
-                    d.unsigned,
-                ),
+                unsigned: self.choice("batv.unsigned", raw.unsigned, d.unsigned),
             },
             key_file,
         }
@@ -1153,12 +1107,7 @@ impl<'a> Builder<'a> {
                 self.err(&key("zone"), format!("{name} is listed twice"));
                 continue;
             }
-            let mode = self.choice(
-                &key("mode"),
-                z.mode,
-                &[("safe", DnsblMode::Safe), ("all", DnsblMode::All)],
-                DnsblMode::Safe,
-            );
+            let mode = self.choice(&key("mode"), z.mode, DnsblMode::Safe);
             let reply = z
                 .reply
                 .map(|r| self.text(&key("reply"), Some(r), String::new()));
@@ -1170,15 +1119,7 @@ impl<'a> Builder<'a> {
         }
         DnsblConfig {
             zones,
-            on_error: self.choice(
-                "dnsbl.on_error",
-                raw.on_error,
-                &[
-                    ("accept", DnsblOnError::Accept),
-                    ("tempfail", DnsblOnError::Tempfail),
-                ],
-                d.on_error,
-            ),
+            on_error: self.choice("dnsbl.on_error", raw.on_error, d.on_error),
             exempt_recipients: raw
                 .exempt_recipients
                 .map(|list| {
@@ -1210,7 +1151,6 @@ impl<'a> Builder<'a> {
         policy: &PolicyConfig,
         store: &StoreConfig,
     ) -> crate::AliasesConfig {
-        use crate::AliasBackend;
         use nobounce_core::alias::{
             check_mailbox, AliasFormat, DEFAULT_FORMAT, DEFAULT_RANDOM_LENGTH, RANDOM_LENGTH_RANGE,
         };
@@ -1233,15 +1173,7 @@ impl<'a> Builder<'a> {
                 domains.push(name);
             }
         }
-        let backend = self.choice(
-            "aliases.store",
-            raw.store,
-            &[
-                ("sqlite", AliasBackend::Sqlite),
-                ("redis", AliasBackend::Redis),
-            ],
-            AliasBackend::Sqlite,
-        );
+        let backend = self.choice("aliases.store", raw.store, AliasBackend::Sqlite);
         // [store] checks the URL only when it uses Redis itself.
         if backend == AliasBackend::Redis && store.backend != StoreBackend::Redis {
             if let Err(why) = check_url(&store.redis.url) {
@@ -1323,15 +1255,7 @@ impl<'a> Builder<'a> {
     }
 
     fn store(&mut self, raw: RawStore, command_timeout: Duration) -> StoreConfig {
-        let backend = self.choice(
-            "store.backend",
-            raw.backend,
-            &[
-                ("memory", StoreBackend::Memory),
-                ("redis", StoreBackend::Redis),
-            ],
-            StoreBackend::Memory,
-        );
+        let backend = self.choice("store.backend", raw.backend, StoreBackend::Memory);
         let control_socket = match raw.control_socket.as_deref() {
             None | Some("auto") => ControlSocket::Auto,
             Some("") => ControlSocket::Off,

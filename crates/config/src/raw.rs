@@ -57,6 +57,18 @@ macro_rules! raw_table {
         pub struct $name {
             $(pub $field: Option<$ty>,)*
         }
+
+        impl $name {
+            /// The keys the file sets in this table.
+            #[allow(dead_code)]
+            pub fn keys_set(&self) -> Vec<&'static str> {
+                let mut keys = Vec::new();
+                $(if self.$field.is_some() {
+                    keys.push(stringify!($field).trim_start_matches("r#"));
+                })*
+                keys
+            }
+        }
     };
 }
 

@@ -290,3 +290,43 @@ fn locating_keys_of_a_built_config() {
         "n.toml:3:1: recipients.backends.users.path: cannot read"
     );
 }
+
+/// Each one-word setting names its words when it gets another, at its line.
+#[test]
+fn a_word_not_in_the_list_is_refused_with_the_list() {
+    for (text, line, words) in [
+        ("[store]\nbackend = \"mysql\"\n", 2, "\"memory\", \"redis\""),
+        (
+            "[spf]\n\non_softfail = \"drop\"\n",
+            3,
+            "\"accept\", \"reject\", \"tempfail\"",
+        ),
+        ("[log]\nformat = \"xml\"\n", 2, "\"text\", \"json\""),
+        (
+            "[recipients]\nover_quota = \"550\"\n",
+            2,
+            "\"452\", \"552\"",
+        ),
+    ] {
+        let e = error_of(text);
+        assert!(e.starts_with(&format!("t.toml:{line}:")), "{e}");
+        assert!(e.contains(&format!("is not one of {words}")), "{e}");
+    }
+    let c = Config::from_toml_str("[store]\nbackend = \"redis\"\n[spf]\non_none = \"tempfail\"\n")
+        .unwrap();
+    assert_eq!(c.store.backend, StoreBackend::Redis);
+    assert_eq!(c.spf.on_none, SpfAction::Tempfail);
+}
+
+/// A backend's table holds only the keys of its type.
+#[test]
+fn a_backend_key_of_another_type_is_refused_at_its_line() {
+    let e = error_of(
+        "[recipients.backends.users]\ntype = \"map_file\"\npath = \"/etc/users\"\naddress = \"127.0.0.1:24\"\n",
+    );
+    assert!(e.starts_with("t.toml:4:"), "{e}");
+    assert!(
+        e.contains("a map_file backend has no address (it has: path, watch_interval"),
+        "{e}"
+    );
+}

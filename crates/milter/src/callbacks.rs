@@ -45,6 +45,15 @@ fn macro_str<'a>(macros: &'a indymilter::Macros, name: &CStr) -> Option<&'a str>
     macros.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The macros `names`, copied out of the context (which the callback
+/// borrows mutably next).
+fn owned_macros<const N: usize>(
+    macros: &indymilter::Macros,
+    names: [&CStr; N],
+) -> [Option<String>; N] {
+    names.map(|name| macro_str(macros, name).map(str::to_owned))
+}
+
 fn lossy(s: &CStr) -> String {
     s.to_string_lossy().into_owned()
 }
@@ -162,8 +171,7 @@ pub fn callbacks(engines: Arc<dyn EngineSource>) -> Callbacks<Conn> {
         })
         .on_mail(|ctx, args| {
             Box::pin(async move {
-                let auth = macro_str(&ctx.macros, c"{auth_authen}").map(str::to_owned);
-                let queue_id = macro_str(&ctx.macros, c"i").map(str::to_owned);
+                let [auth, queue_id] = owned_macros(&ctx.macros, [c"{auth_authen}", c"i"]);
                 let Some(conn) = ctx.data.as_mut() else {
                     return Status::Continue;
                 };
@@ -189,8 +197,7 @@ pub fn callbacks(engines: Arc<dyn EngineSource>) -> Callbacks<Conn> {
         })
         .on_rcpt(|ctx, args| {
             Box::pin(async move {
-                let mailer = macro_str(&ctx.macros, c"{rcpt_mailer}").map(str::to_owned);
-                let host = macro_str(&ctx.macros, c"{rcpt_host}").map(str::to_owned);
+                let [mailer, host] = owned_macros(&ctx.macros, [c"{rcpt_mailer}", c"{rcpt_host}"]);
                 let Some(conn) = ctx.data.as_mut() else {
                     return Status::Continue;
                 };
