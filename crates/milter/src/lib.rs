@@ -11,8 +11,9 @@
 //!   [`apply_verdict`].
 //! - [`serve`]: serves milter connections from a listener, taking the
 //!   engine of each new connection from an [`EngineSource`].
-//! - [`NoDelay`]: a TCP listener with `TCP_NODELAY` and quick ACKs
-//!   ([`QuickAck`]) on every connection.
+//! - [`NoDelay`]: a TCP listener with `TCP_NODELAY` on every connection,
+//!   each a [`QuickAck`] (quick ACKs where the MTA waits for one, the
+//!   replies to one command in one write).
 
 pub mod callbacks;
 mod quick_ack;
