@@ -134,10 +134,24 @@ impl<'a> Builder<'a> {
         });
     }
 
-    /// A duration key, also readable from its old integer key
-    /// (`{key}_secs` or `{key}_ms`), within `min..=max`.
-    #[allow(clippy::too_many_arguments)]
+    /// The duration `name` of `table`, within `min..=max`; it has no older
+    /// integer form.
     fn duration(
+        &mut self,
+        table: &str,
+        name: &str,
+        value: Option<RawDuration>,
+        default: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Duration {
+        self.duration_or_old(table, name, value, None, Unit::Secs, default, min, max)
+    }
+
+    /// The duration `name` of `table`, also readable from its older integer
+    /// key (`{name}_secs` or `{name}_ms`, by `unit`), within `min..=max`.
+    #[allow(clippy::too_many_arguments)]
+    fn duration_or_old(
         &mut self,
         table: &str,
         name: &str,
@@ -265,8 +279,6 @@ impl<'a> Builder<'a> {
             "",
             "command_timeout",
             raw.command_timeout,
-            None,
-            Unit::Secs,
             engine.command_timeout,
             SECOND,
             Duration::from_secs(600),
@@ -322,8 +334,6 @@ impl<'a> Builder<'a> {
                 "policy",
                 "idle_timeout",
                 raw.idle_timeout,
-                None,
-                Unit::Secs,
                 Duration::from_secs(330),
                 SECOND,
                 DAY,
@@ -404,7 +414,7 @@ impl<'a> Builder<'a> {
                 1,
                 100_000,
             ),
-            connection_timeout: self.duration(
+            connection_timeout: self.duration_or_old(
                 "milter",
                 "connection_timeout",
                 raw.connection_timeout,
@@ -436,7 +446,7 @@ impl<'a> Builder<'a> {
         }
         DnsConfig {
             nameservers,
-            timeout: self.duration(
+            timeout: self.duration_or_old(
                 "dns",
                 "timeout",
                 raw.timeout,
@@ -529,7 +539,7 @@ impl<'a> Builder<'a> {
             on_temperror,
             headers,
             authserv_id,
-            timeout: self.duration(
+            timeout: self.duration_or_old(
                 "spf",
                 "timeout",
                 raw.timeout,
@@ -546,7 +556,7 @@ impl<'a> Builder<'a> {
                 0,
                 10_000_000,
             ),
-            cache_max_ttl: self.duration(
+            cache_max_ttl: self.duration_or_old(
                 "spf",
                 "cache_max_ttl",
                 raw.cache_max_ttl,
@@ -661,8 +671,6 @@ impl<'a> Builder<'a> {
                     table,
                     "watch_interval",
                     raw.watch_interval,
-                    None,
-                    Unit::Secs,
                     c.watch_interval,
                     Duration::ZERO,
                     DAY,
@@ -783,8 +791,6 @@ impl<'a> Builder<'a> {
             table,
             "timeout",
             raw,
-            None,
-            Unit::Secs,
             default.min(command_timeout),
             Duration::from_millis(1),
             command_timeout,
@@ -839,8 +845,6 @@ impl<'a> Builder<'a> {
             table,
             "idle_timeout",
             raw.idle_timeout,
-            None,
-            Unit::Secs,
             s.idle_timeout,
             Duration::ZERO,
             HOUR,
@@ -863,8 +867,6 @@ impl<'a> Builder<'a> {
                 table,
                 "deliverable_ttl",
                 raw.deliverable_ttl,
-                None,
-                Unit::Secs,
                 d.deliverable_ttl,
                 Duration::ZERO,
                 DAY,
@@ -873,8 +875,6 @@ impl<'a> Builder<'a> {
                 table,
                 "unknown_ttl",
                 raw.unknown_ttl,
-                None,
-                Unit::Secs,
                 d.unknown_ttl,
                 Duration::ZERO,
                 DAY,
@@ -883,8 +883,6 @@ impl<'a> Builder<'a> {
                 table,
                 "over_quota_ttl",
                 raw.over_quota_ttl,
-                None,
-                Unit::Secs,
                 d.over_quota_ttl,
                 Duration::ZERO,
                 DAY,
@@ -896,7 +894,7 @@ impl<'a> Builder<'a> {
         let d = DictionaryConfig::default();
         let t = "dictionary";
         let max_members = i64::try_from(MAX_DISTINCT_MEMBERS).unwrap_or(i64::MAX);
-        let ban = self.duration(
+        let ban = self.duration_or_old(
             t,
             "ban",
             raw.ban,
@@ -906,7 +904,7 @@ impl<'a> Builder<'a> {
             SECOND,
             MAX_BAN,
         );
-        let max_ban = self.duration(
+        let max_ban = self.duration_or_old(
             t,
             "max_ban",
             raw.max_ban,
@@ -934,7 +932,7 @@ impl<'a> Builder<'a> {
                 max_members,
             ),
             // Bounded: Redis keeps the window as a millisecond expiry.
-            window: self.duration(
+            window: self.duration_or_old(
                 t,
                 "window",
                 raw.window,
@@ -954,7 +952,7 @@ impl<'a> Builder<'a> {
             ),
             escalate: raw.escalate.unwrap_or(d.escalate),
             max_ban,
-            strike_memory: self.duration(
+            strike_memory: self.duration_or_old(
                 t,
                 "strike_memory",
                 raw.strike_memory,
@@ -1007,8 +1005,6 @@ impl<'a> Builder<'a> {
                 "bounce_guard",
                 "record_lifetime",
                 raw.record_lifetime,
-                None,
-                Unit::Secs,
                 d.record_lifetime,
                 Duration::from_secs(3600),
                 30 * DAY,
@@ -1033,8 +1029,6 @@ impl<'a> Builder<'a> {
             "batv",
             "lifetime",
             raw.lifetime,
-            None,
-            Unit::Secs,
             Duration::from_secs(u64::from(d.lifetime_days) * 86_400),
             DAY,
             999 * DAY,
@@ -1310,7 +1304,7 @@ impl<'a> Builder<'a> {
         RedisConfig {
             url,
             prefix,
-            timeout: self.duration(
+            timeout: self.duration_or_old(
                 "store.redis",
                 "timeout",
                 raw.timeout,
@@ -1320,7 +1314,7 @@ impl<'a> Builder<'a> {
                 Duration::from_millis(1),
                 command_timeout,
             ),
-            retry: self.duration(
+            retry: self.duration_or_old(
                 "store.redis",
                 "retry",
                 raw.retry,
