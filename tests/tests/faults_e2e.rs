@@ -284,7 +284,9 @@ async fn no_message_is_lost_while_every_part_fails_in_turn() {
         let id = nobounce_test_support::header_value(m, "Message-ID").expect("Message-ID");
         assert!(
             was_deferred(&log, &id),
-            "{subject} delivered twice, but Postfix never deferred it"
+            "{subject} ({id}) delivered twice, but Postfix never deferred it at \
+             the end of its data; its lines:\n{}",
+            postfix_lines_of(&log, &id)
         );
         eprintln!("faults_e2e: {subject} delivered twice after Postfix deferred it");
     }
@@ -336,17 +338,19 @@ async fn no_message_is_lost_while_every_part_fails_in_turn() {
     drop(milter);
 }
 
-/// Whether Postfix deferred a delivery of the message with `message_id`:
-/// its queue id from the `cleanup` line, then a `status=deferred` line.
+/// Whether Postfix deferred a delivery of the message with `message_id` at
+/// the end of its data, when the server may already have saved it: its
+/// queue id from the `cleanup` line, then a `status=deferred` line about
+/// the end of data: "lost connection ... while sending end of data --
+/// message may be sent more than once", or Dovecot's "421 4.3.2 Shutting
+/// down (in reply to end of DATA command)", which it sends after saving.
+/// A deferral for any other cause (connection refused, no greeting)
+/// cannot make a second copy.
 fn was_deferred(log: &str, message_id: &str) -> bool {
-    let needle = format!("message-id={}", message_id.trim());
-    let queue_ids: BTreeSet<&str> = log
-        .lines()
-        .filter(|l| l.contains(&needle))
-        .filter_map(|l| l.split("]: ").nth(1)?.split(':').next())
-        .collect();
+    let queue_ids = queue_ids_of(log, message_id);
     log.lines().any(|l| {
         l.contains("status=deferred")
+            && (l.contains("end of data") || l.contains("end of DATA"))
             && queue_ids
                 .iter()
                 .any(|id| l.contains(&format!("]: {id}: to=")))
@@ -358,9 +362,37 @@ fn a_duplicate_is_excused_only_by_its_own_deferral() {
     let log = "\
 Nov 29 17:01:18 mx postfix-e2e/cleanup[1]: 48D4498D235: message-id=<e2e.1.1@client.example>
 Nov 29 17:01:18 mx postfix-e2e/cleanup[1]: 5078298CD5B: message-id=<e2e.1.2@client.example>
+Nov 29 17:01:18 mx postfix-e2e/cleanup[1]: 5129598D13E: message-id=<e2e.1.3@client.example>
 Nov 29 17:01:19 mx postfix-e2e/lmtp[2]: 5078298CD5B: to=<a@mbox.test>, status=deferred (lost connection with 127.0.0.1[127.0.0.1] while sending end of data -- message may be sent more than once)
+Nov 29 17:01:19 mx postfix-e2e/lmtp[2]: 5129598D13E: to=<a@mbox.test>, status=deferred (connect to 127.0.0.1[127.0.0.1]:24: Connection refused)
+Nov 29 17:01:18 mx postfix-e2e/cleanup[1]: 6BF5A98DDB6: message-id=<e2e.1.5@client.example>
+Nov 29 17:01:19 mx postfix-e2e/lmtp[2]: 6BF5A98DDB6: to=<d@mbox.test>, relay=127.0.0.1[127.0.0.1]:37043, dsn=4.3.2, status=deferred (host 127.0.0.1[127.0.0.1] said: 421 4.3.2 vm Shutting down (in reply to end of DATA command))
 ";
     assert!(was_deferred(log, "<e2e.1.2@client.example>"));
     assert!(!was_deferred(log, "<e2e.1.1@client.example>"));
-    assert!(!was_deferred(log, "<e2e.1.3@client.example>"));
+    assert!(!was_deferred(log, "<e2e.1.3@client.example>"), "refused");
+    assert!(!was_deferred(log, "<e2e.1.4@client.example>"));
+    assert!(
+        was_deferred(log, "<e2e.1.5@client.example>"),
+        "421 after saving"
+    );
+    assert!(postfix_lines_of(log, "<e2e.1.5@client.example>").contains("421 4.3.2"));
+}
+
+/// The log lines of the message with `message_id` (by its queue ids).
+fn postfix_lines_of(log: &str, message_id: &str) -> String {
+    let ids = queue_ids_of(log, message_id);
+    log.lines()
+        .filter(|l| ids.iter().any(|id| l.contains(&format!("]: {id}: "))))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The queue ids Postfix's `cleanup` gave the message with `message_id`.
+fn queue_ids_of<'a>(log: &'a str, message_id: &str) -> BTreeSet<&'a str> {
+    let needle = format!("message-id={}", message_id.trim());
+    log.lines()
+        .filter(|l| l.contains(&needle))
+        .filter_map(|l| l.split("]: ").nth(1)?.split(':').next())
+        .collect()
 }

@@ -107,9 +107,9 @@ impl Frames {
                 bytes = &bytes[1..];
                 if self.prefix_read == self.prefix.len() {
                     self.prefix_read = 0;
-                    // Zero for an empty frame, which is invalid: indymilter
-                    // closes the connection.
-                    self.remaining = u32::from_be_bytes(self.prefix);
+                    // The command byte always follows, as indymilter reads
+                    // it: a length of 0 counts as 1 (a command, no data).
+                    self.remaining = u32::from_be_bytes(self.prefix).max(1);
                     self.command = None;
                 }
                 continue;
@@ -183,9 +183,16 @@ impl AsyncWrite for QuickAck {
         Poll::Ready(Ok(()))
     }
 
+    /// Sends the replies held back if the socket takes them now, then
+    /// shuts down. A peer that stopped reading while its socket buffer is
+    /// full does not hold the shutdown up: what it would not read is
+    /// dropped (indymilter's shutdown has no timeout of its own).
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let me = self.get_mut();
-        std::task::ready!(me.poll_send_pending(cx))?;
+        if me.poll_send_pending(cx).is_pending() {
+            me.pending.clear();
+            me.sent = 0;
+        }
         Pin::new(&mut me.stream).poll_shutdown(cx)
     }
 }
@@ -258,6 +265,16 @@ mod tests {
             assert!(!after(&[a]), "cut at {cut}");
             assert!(after(&[a, b]), "cut at {cut}");
         }
+    }
+
+    /// indymilter reads a command byte after a length of 0 (a command
+    /// without data); the frames stay in step with it.
+    #[test]
+    fn a_zero_length_still_carries_a_command() {
+        let abort_then_mail = [&[0, 0, 0, 0, b'A'][..], &frame(b'M', b"<a@b>\0")].concat();
+        assert!(after(&[&abort_then_mail]));
+        assert!(after(&[&[0, 0, 0, 0, b'E']]));
+        assert!(!after(&[&[0, 0, 0, 0, b'D']]));
     }
 
     #[test]
@@ -387,5 +404,30 @@ mod tests {
                 .expect("client");
             assert_eq!(got, reply, "shutdown: {shutdown}");
         }
+    }
+
+    /// indymilter's shutdown has no timeout: replies held back for a peer
+    /// that stopped reading (its socket buffer full) must not hold it up.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_peer_that_stopped_reading_does_not_hold_up_the_shutdown() {
+        let (mut server, client) = pair().await;
+        // Fill the socket buffers: writes past MAX_PENDING go to the socket.
+        let chunk = vec![0u8; 1 << 20];
+        let wait = std::time::Duration::from_millis(200);
+        while tokio::time::timeout(wait, server.write_all(&chunk))
+            .await
+            .is_ok()
+        {}
+        server
+            .write_all(&frame(b'c', b""))
+            .await
+            .expect("held back");
+        let shutdown =
+            tokio::time::timeout(std::time::Duration::from_secs(5), server.shutdown()).await;
+        assert!(
+            shutdown.is_ok(),
+            "the shutdown waited for a peer that does not read"
+        );
+        drop(client);
     }
 }

@@ -205,9 +205,6 @@ impl RedisStore {
         format!("{}{kind}:{key}", self.inner.redis.prefix())
     }
 
-    /// Runs `op` on the connection within the timeout, once more after a
-    /// dropped connection. Every operation is safe to repeat: the scripts
-    /// are idempotent (a repeated strike finds the ban the first one made).
     /// `GET redis_key`, as the operation `what`.
     async fn get(&self, what: &str, redis_key: &str) -> Result<Option<String>, StoreError> {
         self.run(what, |mut conn| async move {
@@ -219,6 +216,9 @@ impl RedisStore {
         .await
     }
 
+    /// Runs `op` on the connection within the timeout, once more after a
+    /// dropped connection. Every operation is safe to repeat: the scripts
+    /// are idempotent (a repeated strike finds the ban the first one made).
     async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
     where
         F: Fn(ConnectionManager) -> Fut,
