@@ -470,27 +470,28 @@ async fn issue13_one_command_never_outlasts_its_deadline() {
 #[derive(Debug)]
 struct SilentDns;
 
+/// What [`SilentDns`] answers to everything: nothing within ten minutes.
+async fn never_answers<T>() -> nobounce_core::dns::TtlResult<T> {
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    Err(nobounce_core::dns::TtlLookupError::NoRecords { ttl: None })
+}
+
 #[async_trait]
 impl nobounce_core::dns::TtlLookup for SilentDns {
     async fn lookup_a(&self, _: &Name) -> nobounce_core::dns::TtlResult<Ipv4Addr> {
-        tokio::time::sleep(Duration::from_secs(600)).await;
-        Err(nobounce_core::dns::TtlLookupError::NoRecords { ttl: None })
+        never_answers().await
     }
     async fn lookup_aaaa(&self, _: &Name) -> nobounce_core::dns::TtlResult<Ipv6Addr> {
-        tokio::time::sleep(Duration::from_secs(600)).await;
-        Err(nobounce_core::dns::TtlLookupError::NoRecords { ttl: None })
+        never_answers().await
     }
     async fn lookup_mx(&self, _: &Name) -> nobounce_core::dns::TtlResult<Name> {
-        tokio::time::sleep(Duration::from_secs(600)).await;
-        Err(nobounce_core::dns::TtlLookupError::NoRecords { ttl: None })
+        never_answers().await
     }
     async fn lookup_txt(&self, _: &Name) -> nobounce_core::dns::TtlResult<String> {
-        tokio::time::sleep(Duration::from_secs(600)).await;
-        Err(nobounce_core::dns::TtlLookupError::NoRecords { ttl: None })
+        never_answers().await
     }
     async fn lookup_ptr(&self, _: IpAddr) -> nobounce_core::dns::TtlResult<Name> {
-        tokio::time::sleep(Duration::from_secs(600)).await;
-        Err(nobounce_core::dns::TtlLookupError::NoRecords { ttl: None })
+        never_answers().await
     }
 }
 
